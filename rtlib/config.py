@@ -1,0 +1,241 @@
+"""Site config: TOML validated with pydantic.
+
+With no config file, an embedded default describes one workspace directory
+holding three beamline endpoints (``aps``, ``als``, ``nsls2``), the
+facility scratch (``alcf``), the job store, and a ``local`` site whose
+compute is a dask LocalCluster. The config file is looked up in
+``--config``, then ``$RTLIB_CONFIG``, then ``./rtlib.toml``.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
+
+from .errors import ConfigError
+
+ACCOUNT_RE = re.compile(r"^[A-Za-z0-9_.-]+(::[A-Za-z0-9_.-]+)?$")
+DEFAULT_BEAMLINE_ENDPOINTS = ("aps", "als", "nsls2")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class Facility(_Strict):
+    title: str = ""
+
+
+class Endpoint(_Strict):
+    kind: Literal["local", "globus"] = "local"
+    facility: str | None = None
+    root: Path | None = Field(None, description="directory root of a local endpoint")
+    collection_id: str | None = Field(None, description="Globus collection UUID of a globus endpoint")
+    base_path: str = "/"
+    link_mbps: float | None = Field(None, gt=0, description="shape copies from this endpoint to this rate")
+
+    @model_validator(mode="after")
+    def _kind_fields(self) -> "Endpoint":
+        if self.kind == "local" and self.root is None:
+            raise ValueError("a local endpoint needs `root` (a directory path)")
+        if self.kind == "globus" and not self.collection_id:
+            raise ValueError("a globus endpoint needs `collection_id` (a collection UUID)")
+        return self
+
+
+class ServiceAccount(_Strict):
+    """A Globus confidential client. The secret comes from an env var or a 0600 file, never the config."""
+
+    client_id: str
+    secret_env: str | None = None
+    secret_file: Path | None = None
+    client_secret: SecretStr | None = Field(None, description="discouraged: prefer secret_env or secret_file")
+
+
+class Beamline(_Strict):
+    facility: str
+    endpoint: str
+    account: str | None = Field(None, description="project or project::suballocation charged for its jobs")
+    service_account: ServiceAccount | None = None
+
+
+class Queue(_Strict):
+    name: str
+    max_nodes: int = Field(1, ge=1)
+    max_walltime_min: float = Field(60, gt=0)
+    preemptable: bool = False
+
+
+class Site(_Strict):
+    compute: Literal["local", "pbs", "slurm"] = "local"
+    scratch_endpoint: str
+    workers: int = Field(2, ge=1, description="LocalCluster worker processes")
+    threads_per_worker: int = Field(1, ge=1)
+    queues: list[Queue] = Field(default_factory=lambda: [Queue(name="demand")])
+
+
+class Account(_Strict):
+    node_hours: float = Field(ge=0)
+
+
+class AgentSettings(_Strict):
+    lease_s: float = Field(30, gt=0, description="a job's lease; another agent may take it after this")
+    poll_s: float = Field(0.05, gt=0)
+    batch_bytes: int = Field(15 * 10**9, gt=0, description="bytes per transfer batch")
+    batch_max_items: int = Field(1000, gt=0)
+    transfers_in_flight: int = Field(4, ge=1)
+    transfer_retries: int = Field(5, ge=0, description="attempts per file copy after the first")
+    max_attempts: int = Field(3, ge=1, description="runs per job before it is FAILED")
+
+
+class Settings(_Strict):
+    workspace: Path
+    store_url: str | None = None
+    facilities: dict[str, Facility] = Field(default_factory=dict)
+    endpoints: dict[str, Endpoint]
+    beamlines: dict[str, Beamline] = Field(default_factory=dict)
+    sites: dict[str, Site]
+    accounts: dict[str, Account] = Field(default_factory=dict)
+    agent: AgentSettings = Field(default_factory=AgentSettings)
+
+    @field_validator("accounts")
+    @classmethod
+    def _account_names(cls, value: dict[str, Account]) -> dict[str, Account]:
+        for name in value:
+            if not ACCOUNT_RE.match(name):
+                raise ValueError(f"account {name!r} must be 'project' or 'project::suballocation'")
+        return value
+
+    @model_validator(mode="after")
+    def _references(self) -> "Settings":
+        for name, bl in self.beamlines.items():
+            if bl.endpoint not in self.endpoints:
+                raise ValueError(f"beamlines.{name}.endpoint: unknown endpoint {bl.endpoint!r}; known: {sorted(self.endpoints)}")
+        for name, site in self.sites.items():
+            if site.scratch_endpoint not in self.endpoints:
+                raise ValueError(
+                    f"sites.{name}.scratch_endpoint: unknown endpoint {site.scratch_endpoint!r}; known: {sorted(self.endpoints)}"
+                )
+        return self
+
+    @property
+    def store(self) -> str:
+        return self.store_url or f"sqlite:///{self.workspace / 'rtlib.db'}"
+
+    def endpoint(self, name: str) -> Endpoint:
+        from .errors import EndpointError
+
+        try:
+            return self.endpoints[name]
+        except KeyError:
+            raise EndpointError(f"unknown endpoint {name!r}; configured endpoints: {', '.join(sorted(self.endpoints))}") from None
+
+    def site(self, name: str) -> Site:
+        try:
+            return self.sites[name]
+        except KeyError:
+            raise ConfigError(f"unknown site {name!r}; configured sites: {', '.join(sorted(self.sites))}") from None
+
+
+def default_config(workspace: Path | str | None = None) -> dict:
+    """The embedded default, as the raw dict a TOML file would give."""
+    ws = Path(workspace or os.environ.get("RTLIB_WORKSPACE") or Path.home() / ".local/share/rtlib").expanduser()
+    endpoints = {name: {"kind": "local", "root": str(ws / "endpoints" / name), "facility": name} for name in DEFAULT_BEAMLINE_ENDPOINTS}
+    endpoints["alcf"] = {"kind": "local", "root": str(ws / "endpoints" / "alcf"), "facility": "alcf"}
+    return {
+        "workspace": str(ws),
+        "facilities": {
+            "aps": {"title": "Advanced Photon Source"},
+            "als": {"title": "Advanced Light Source"},
+            "nsls2": {"title": "National Synchrotron Light Source II"},
+            "alcf": {"title": "Argonne Leadership Computing Facility"},
+        },
+        "endpoints": endpoints,
+        "beamlines": {
+            f"{name}-demo": {"facility": name, "endpoint": name, "account": f"rtlib::{name}"}
+            for name in DEFAULT_BEAMLINE_ENDPOINTS
+        },
+        "sites": {
+            "local": {
+                "compute": "local",
+                "scratch_endpoint": "alcf",
+                "workers": 2,
+                "queues": [
+                    {"name": "demand", "max_nodes": 1, "max_walltime_min": 60, "preemptable": False},
+                    {"name": "preemptable", "max_nodes": 1, "max_walltime_min": 1440, "preemptable": True},
+                ],
+            }
+        },
+        "accounts": {"rtlib": {"node_hours": 1000}} | {f"rtlib::{n}": {"node_hours": 100} for n in DEFAULT_BEAMLINE_ENDPOINTS},
+    }
+
+
+def _format_errors(source: str, err: ValidationError) -> str:
+    lines = []
+    for e in err.errors():
+        key = ".".join(str(p) for p in e["loc"]) or "(top level)"
+        msg = e["msg"]
+        if e["type"] == "extra_forbidden":
+            msg = "unknown key; check its spelling against docs/config.md"
+        elif e["type"] == "literal_error" and "expected" in e.get("ctx", {}):
+            msg = f"got {e['input']!r}; allowed: {e['ctx']['expected']}"
+        lines.append(f"{source}: {key}: {msg}")
+    return "invalid config\n" + "\n".join(lines)
+
+
+def validate(raw: dict, source: str = "<embedded default>") -> Settings:
+    try:
+        return Settings.model_validate(raw)
+    except ValidationError as err:
+        raise ConfigError(_format_errors(source, err)) from None
+
+
+def config_path(explicit: Path | str | None = None) -> Path | None:
+    if explicit:
+        return Path(explicit)
+    if os.environ.get("RTLIB_CONFIG"):
+        return Path(os.environ["RTLIB_CONFIG"])
+    local = Path("rtlib.toml")
+    return local if local.exists() else None
+
+
+def load(path: Path | str | None = None, *, workspace: Path | str | None = None) -> Settings:
+    """Load the effective config: the file if one is found, else the embedded default."""
+    found = config_path(path)
+    if found is None:
+        return validate(default_config(workspace))
+    try:
+        raw = tomllib.loads(found.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"{found}: config file not found; pass an existing file or unset RTLIB_CONFIG") from None
+    except tomllib.TOMLDecodeError as err:
+        raise ConfigError(f"{found}: not valid TOML: {err}") from None
+    if workspace is not None:
+        raw["workspace"] = str(workspace)
+    raw.setdefault("workspace", default_config()["workspace"])
+    return validate(raw, str(found))
+
+
+def redacted(settings: Settings) -> dict:
+    """The effective config as plain data with every secret replaced by '***'."""
+    data = settings.model_dump(mode="json")
+    for bl in data.get("beamlines", {}).values():
+        sa = bl.get("service_account")
+        if sa and sa.get("client_secret"):
+            sa["client_secret"] = "***"
+    if settings.store_url and "@" in settings.store_url:
+        data["store_url"] = re.sub(r"://([^:/@]+):[^@]*@", r"://\1:***@", settings.store_url)
+    return data
+
+
+def ensure_workspace(settings: Settings) -> None:
+    """Create the workspace and every local endpoint root."""
+    settings.workspace.mkdir(parents=True, exist_ok=True)
+    for ep in settings.endpoints.values():
+        if ep.kind == "local" and ep.root is not None:
+            ep.root.mkdir(parents=True, exist_ok=True)

@@ -1,0 +1,53 @@
+"""One exception type per failure a user can meet. Each message says the cause and the fix."""
+
+
+class RtlibError(Exception):
+    """Base class of every error rtlib raises on purpose."""
+
+
+class ConfigError(RtlibError):
+    """The site config is invalid: names the file, the key and what is allowed."""
+
+
+class IllegalTransition(RtlibError):
+    """A job was asked to move between two states the state machine does not connect."""
+
+
+class JobNotFound(RtlibError):
+    pass
+
+
+class UnknownWorkload(RtlibError):
+    pass
+
+
+class ParameterError(RtlibError):
+    """Workload parameters failed validation (unknown name, wrong type, out of range)."""
+
+
+class InputDataError(RtlibError):
+    """An input file is missing, truncated, corrupt, or lacks the expected dataset."""
+
+
+class EndpointError(RtlibError):
+    """An endpoint name is unknown or a path is not usable on it."""
+
+
+class PathOutsideRoot(EndpointError):
+    """A path resolves outside its endpoint's root directory."""
+
+
+class TransferError(RtlibError):
+    """A file copy failed. `permanent` says whether retrying can help."""
+
+    def __init__(self, message: str, *, permanent: bool = False):
+        super().__init__(message)
+        self.permanent = permanent
+
+
+class ChecksumMismatch(TransferError):
+    """The copy's checksum differs from the source's: the copy was discarded."""
+
+
+class WorkerLost(RtlibError):
+    """The compute worker running a job disappeared (preemption, walltime, node failure)."""

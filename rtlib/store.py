@@ -1,0 +1,395 @@
+"""The durable job store: jobs, their transfer items, and an append-only event log.
+
+SQLite (WAL) by default, PostgreSQL by URL. Every state change is a
+compare-and-set on (state, lease owner) committed together with its event
+row, so two agents can never both make the same step, and a restarted agent
+finds each job exactly where the last committed step left it.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from typing import Any, Iterable, Sequence
+
+import sqlalchemy as sa
+from sqlalchemy import event as sa_event
+
+from .errors import JobNotFound
+from .states import ACTIVE, State, check_transition
+
+metadata = sa.MetaData()
+
+jobs_t = sa.Table(
+    "jobs",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("workload", sa.String(64), nullable=False),
+    sa.Column("params", sa.JSON, nullable=False),
+    sa.Column("beamline", sa.String(64)),
+    sa.Column("source_endpoint", sa.String(64), nullable=False),
+    sa.Column("inputs", sa.JSON, nullable=False),
+    sa.Column("dest_endpoint", sa.String(64), nullable=False),
+    sa.Column("output_path", sa.String(1024), nullable=False),
+    sa.Column("site", sa.String(64), nullable=False),
+    sa.Column("queue", sa.String(64)),
+    sa.Column("account", sa.String(128)),
+    sa.Column("priority", sa.Integer, nullable=False, default=0),
+    sa.Column("state", sa.String(16), nullable=False, index=True),
+    sa.Column("attempts", sa.Integer, nullable=False, default=0),
+    sa.Column("max_attempts", sa.Integer, nullable=False, default=3),
+    sa.Column("lease_owner", sa.String(128)),
+    sa.Column("lease_expires", sa.Float),
+    sa.Column("created_at", sa.Float, nullable=False),
+    sa.Column("updated_at", sa.Float, nullable=False),
+    sa.Column("progress", sa.Float, nullable=False, default=0.0),
+    sa.Column("summary", sa.JSON),
+    sa.Column("error", sa.Text),
+)
+
+items_t = sa.Table(
+    "transfer_items",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("job_id", sa.Integer, sa.ForeignKey("jobs.id"), nullable=False, index=True),
+    sa.Column("direction", sa.String(3), nullable=False),  # "in" | "out"
+    sa.Column("src_endpoint", sa.String(64), nullable=False),
+    sa.Column("src_path", sa.String(1024), nullable=False),
+    sa.Column("dst_endpoint", sa.String(64), nullable=False),
+    sa.Column("dst_path", sa.String(1024), nullable=False),
+    sa.Column("size_bytes", sa.BigInteger, nullable=False, default=0),
+    sa.Column("checksum", sa.String(128)),
+    sa.Column("state", sa.String(8), nullable=False, default="pending"),  # pending | done | failed
+    sa.Column("attempts", sa.Integer, nullable=False, default=0),
+    sa.Column("error", sa.Text),
+    sa.Column("started_at", sa.Float),
+    sa.Column("finished_at", sa.Float),
+)
+
+events_t = sa.Table(
+    "events",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("job_id", sa.Integer, sa.ForeignKey("jobs.id"), nullable=False, index=True),
+    sa.Column("timestamp", sa.Float, nullable=False),
+    sa.Column("from_state", sa.String(16)),
+    sa.Column("to_state", sa.String(16), nullable=False),
+    sa.Column("reason", sa.Text, nullable=False, default=""),
+    sa.Column("agent", sa.String(128)),
+)
+
+
+@dataclass(frozen=True)
+class Job:
+    id: int
+    workload: str
+    params: dict[str, Any]
+    beamline: str | None
+    source_endpoint: str
+    inputs: list[str]
+    dest_endpoint: str
+    output_path: str
+    site: str
+    queue: str | None
+    account: str | None
+    priority: int
+    state: State
+    attempts: int
+    max_attempts: int
+    lease_owner: str | None
+    lease_expires: float | None
+    created_at: float
+    updated_at: float
+    progress: float
+    summary: dict[str, Any] | None
+    error: str | None
+
+    @classmethod
+    def from_row(cls, row: sa.Row) -> "Job":
+        data = dict(row._mapping)
+        data["state"] = State(data["state"])
+        return cls(**data)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dict(self.__dict__)
+        d["state"] = self.state.value
+        return d
+
+
+@dataclass(frozen=True)
+class TransferItem:
+    id: int
+    job_id: int
+    direction: str
+    src_endpoint: str
+    src_path: str
+    dst_endpoint: str
+    dst_path: str
+    size_bytes: int
+    checksum: str | None
+    state: str
+    attempts: int
+    error: str | None
+    started_at: float | None
+    finished_at: float | None
+
+    @classmethod
+    def from_row(cls, row: sa.Row) -> "TransferItem":
+        return cls(**dict(row._mapping))
+
+
+@dataclass(frozen=True)
+class Event:
+    id: int
+    job_id: int
+    timestamp: float
+    from_state: str | None
+    to_state: str
+    reason: str
+    agent: str | None
+
+    @classmethod
+    def from_row(cls, row: sa.Row) -> "Event":
+        return cls(**dict(row._mapping))
+
+
+@dataclass
+class JobSpec:
+    """What a user submits. Parameters must already be validated by the workload."""
+
+    workload: str
+    source_endpoint: str
+    inputs: list[str]
+    dest_endpoint: str
+    output_path: str
+    site: str = "local"
+    params: dict[str, Any] = field(default_factory=dict)
+    beamline: str | None = None
+    queue: str | None = None
+    account: str | None = None
+    priority: int = 0
+    max_attempts: int = 3
+
+
+def _sqlite_pragmas(dbapi_conn, _record) -> None:
+    cur = dbapi_conn.cursor()
+    cur.execute("PRAGMA journal_mode=WAL")
+    cur.execute("PRAGMA synchronous=NORMAL")
+    cur.execute("PRAGMA busy_timeout=30000")
+    cur.close()
+
+
+def _redact_url(url: str) -> str:
+    return sa.engine.make_url(url).render_as_string(hide_password=True)
+
+
+class JobStore:
+    """All reads and writes of jobs go through here."""
+
+    def __init__(self, url: str):
+        self.url = url
+        kwargs: dict[str, Any] = {"future": True}
+        if url.startswith("sqlite"):
+            kwargs["connect_args"] = {"timeout": 30, "check_same_thread": False}
+        else:
+            kwargs["pool_pre_ping"] = True
+        self.engine = sa.create_engine(url, **kwargs)
+        if url.startswith("sqlite"):
+            sa_event.listen(self.engine, "connect", _sqlite_pragmas)
+        metadata.create_all(self.engine)
+
+    def __repr__(self) -> str:
+        return f"JobStore({_redact_url(self.url)!r})"
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    # -- jobs -------------------------------------------------------------
+    def create_job(self, spec: JobSpec, reason: str = "submitted") -> int:
+        now = time.time()
+        with self.engine.begin() as conn:
+            job_id = conn.execute(
+                jobs_t.insert().values(
+                    workload=spec.workload,
+                    params=spec.params,
+                    beamline=spec.beamline,
+                    source_endpoint=spec.source_endpoint,
+                    inputs=list(spec.inputs),
+                    dest_endpoint=spec.dest_endpoint,
+                    output_path=spec.output_path,
+                    site=spec.site,
+                    queue=spec.queue,
+                    account=spec.account,
+                    priority=spec.priority,
+                    state=State.CREATED.value,
+                    attempts=0,
+                    max_attempts=spec.max_attempts,
+                    created_at=now,
+                    updated_at=now,
+                    progress=0.0,
+                )
+            ).inserted_primary_key[0]
+            conn.execute(events_t.insert().values(job_id=job_id, timestamp=now, from_state=None, to_state=State.CREATED.value, reason=reason))
+        return int(job_id)
+
+    def get_job(self, job_id: int) -> Job:
+        with self.engine.connect() as conn:
+            row = conn.execute(sa.select(jobs_t).where(jobs_t.c.id == job_id)).first()
+        if row is None:
+            raise JobNotFound(f"no job with id {job_id}; `rtlib status` lists the jobs")
+        return Job.from_row(row)
+
+    def list_jobs(
+        self,
+        *,
+        states: Iterable[State | str] | None = None,
+        workload: str | None = None,
+        beamline: str | None = None,
+        site: str | None = None,
+        limit: int | None = None,
+        offset: int = 0,
+    ) -> list[Job]:
+        q = sa.select(jobs_t).order_by(jobs_t.c.id)
+        if states is not None:
+            q = q.where(jobs_t.c.state.in_([State(s).value for s in states]))
+        if workload:
+            q = q.where(jobs_t.c.workload == workload)
+        if beamline:
+            q = q.where(jobs_t.c.beamline == beamline)
+        if site:
+            q = q.where(jobs_t.c.site == site)
+        if limit is not None:
+            q = q.limit(limit)
+        if offset:
+            q = q.offset(offset)
+        with self.engine.connect() as conn:
+            return [Job.from_row(r) for r in conn.execute(q)]
+
+    def count_by_state(self) -> dict[str, int]:
+        q = sa.select(jobs_t.c.state, sa.func.count()).group_by(jobs_t.c.state)
+        with self.engine.connect() as conn:
+            return {s: n for s, n in conn.execute(q)}
+
+    def transition(
+        self,
+        job_id: int,
+        from_state: State | str,
+        to_state: State | str,
+        reason: str,
+        *,
+        owner: str | None = None,
+        release: bool = False,
+        **fields: Any,
+    ) -> bool:
+        """Move a job if it is still in `from_state` (and still leased by `owner`, if given).
+
+        Returns False when another actor moved it first; raises IllegalTransition
+        when the table forbids the move. The event row commits with the change.
+        """
+        from_state, to_state = State(from_state), State(to_state)
+        check_transition(from_state, to_state)
+        now = time.time()
+        values = {"state": to_state.value, "updated_at": now, **fields}
+        if release:
+            values.update(lease_owner=None, lease_expires=None)
+        cond = [jobs_t.c.id == job_id, jobs_t.c.state == from_state.value]
+        if owner is not None:
+            cond.append(jobs_t.c.lease_owner == owner)
+        with self.engine.begin() as conn:
+            n = conn.execute(jobs_t.update().where(*cond).values(**values)).rowcount
+            if n != 1:
+                return False
+            conn.execute(
+                events_t.insert().values(
+                    job_id=job_id, timestamp=now, from_state=from_state.value, to_state=to_state.value, reason=reason, agent=owner
+                )
+            )
+        return True
+
+    def update_job(self, job_id: int, *, owner: str | None = None, **fields: Any) -> bool:
+        """Change non-state fields (progress, summary) of a job, only while `owner` holds its lease."""
+        cond = [jobs_t.c.id == job_id]
+        if owner is not None:
+            cond.append(jobs_t.c.lease_owner == owner)
+        with self.engine.begin() as conn:
+            return conn.execute(jobs_t.update().where(*cond).values(updated_at=time.time(), **fields)).rowcount == 1
+
+    # -- leases -----------------------------------------------------------
+    def claim(self, owner: str, *, site: str, lease_s: float, limit: int, states: Iterable[State] = ACTIVE) -> list[Job]:
+        """Lease up to `limit` unleased (or expired) active jobs of a site, highest priority first."""
+        now = time.time()
+        free = sa.or_(jobs_t.c.lease_owner.is_(None), jobs_t.c.lease_expires < now)
+        q = (
+            sa.select(jobs_t.c.id)
+            .where(jobs_t.c.site == site, jobs_t.c.state.in_([State(s).value for s in states]), free)
+            .order_by(jobs_t.c.priority.desc(), jobs_t.c.id)
+            .limit(limit)
+        )
+        claimed = []
+        with self.engine.begin() as conn:
+            for (job_id,) in conn.execute(q).all():
+                # compare-and-set: only one agent wins a free job
+                n = conn.execute(
+                    jobs_t.update()
+                    .where(jobs_t.c.id == job_id, free)
+                    .values(lease_owner=owner, lease_expires=now + lease_s)
+                ).rowcount
+                if n == 1:
+                    claimed.append(job_id)
+        if not claimed:
+            return []
+        with self.engine.connect() as conn:
+            rows = conn.execute(sa.select(jobs_t).where(jobs_t.c.id.in_(claimed)).order_by(jobs_t.c.priority.desc(), jobs_t.c.id))
+            return [Job.from_row(r) for r in rows]
+
+    def heartbeat(self, owner: str, lease_s: float) -> int:
+        """Extend every lease `owner` holds. Returns how many jobs it still holds."""
+        with self.engine.begin() as conn:
+            return conn.execute(
+                jobs_t.update().where(jobs_t.c.lease_owner == owner).values(lease_expires=time.time() + lease_s)
+            ).rowcount
+
+    def release(self, owner: str, job_ids: Sequence[int] | None = None) -> None:
+        cond = [jobs_t.c.lease_owner == owner]
+        if job_ids is not None:
+            cond.append(jobs_t.c.id.in_(list(job_ids)))
+        with self.engine.begin() as conn:
+            conn.execute(jobs_t.update().where(*cond).values(lease_owner=None, lease_expires=None))
+
+    # -- transfer items ---------------------------------------------------
+    def add_items(self, job_id: int, direction: str, items: Sequence[dict[str, Any]]) -> None:
+        """Record the files of one stage of a job, replacing any earlier plan of the same stage."""
+        with self.engine.begin() as conn:
+            conn.execute(items_t.delete().where(items_t.c.job_id == job_id, items_t.c.direction == direction))
+            if items:
+                conn.execute(items_t.insert(), [dict(job_id=job_id, direction=direction, state="pending", attempts=0, **it) for it in items])
+
+    def items(self, job_id: int | None = None, direction: str | None = None, state: str | None = None) -> list[TransferItem]:
+        q = sa.select(items_t).order_by(items_t.c.id)
+        if job_id is not None:
+            q = q.where(items_t.c.job_id == job_id)
+        if direction:
+            q = q.where(items_t.c.direction == direction)
+        if state:
+            q = q.where(items_t.c.state == state)
+        with self.engine.connect() as conn:
+            return [TransferItem.from_row(r) for r in conn.execute(q)]
+
+    def update_item(self, item_id: int, **fields: Any) -> None:
+        with self.engine.begin() as conn:
+            conn.execute(items_t.update().where(items_t.c.id == item_id).values(**fields))
+
+    # -- events -----------------------------------------------------------
+    def events(self, job_id: int | None = None, *, after_id: int = 0, limit: int | None = None) -> list[Event]:
+        q = sa.select(events_t).where(events_t.c.id > after_id).order_by(events_t.c.id)
+        if job_id is not None:
+            q = q.where(events_t.c.job_id == job_id)
+        if limit is not None:
+            q = q.limit(limit)
+        with self.engine.connect() as conn:
+            return [Event.from_row(r) for r in conn.execute(q)]
+
+
+def dumps(obj: Any) -> str:
+    return json.dumps(obj, default=str)
