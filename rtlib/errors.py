@@ -51,3 +51,18 @@ class ChecksumMismatch(TransferError):
 
 class WorkerLost(RtlibError):
     """The compute worker running a job disappeared (preemption, walltime, node failure)."""
+
+
+class NotebookNotFound(RtlibError):
+    """A workload has no pipeline notebook: names the directories that were searched."""
+
+
+class NotebookExecutionError(RtlibError):
+    """A pipeline notebook failed: names the cell, the exception, and the executed notebook to inspect."""
+
+    def __init__(self, message: str, *, notebook_path=None, cell_index=None, ename=None, evalue=None):
+        super().__init__(message)
+        self.notebook_path = notebook_path
+        self.cell_index = cell_index
+        self.ename = ename
+        self.evalue = evalue

@@ -247,10 +247,16 @@ class JobStore:
         workload: str | None = None,
         beamline: str | None = None,
         site: str | None = None,
+        owner: str | None = None,
+        ids: Iterable[int] | None = None,
         limit: int | None = None,
         offset: int = 0,
     ) -> list[Job]:
         q = sa.select(jobs_t).order_by(jobs_t.c.id)
+        if owner is not None:
+            q = q.where(jobs_t.c.lease_owner == owner)
+        if ids is not None:
+            q = q.where(jobs_t.c.id.in_(list(ids)))
         if states is not None:
             q = q.where(jobs_t.c.state.in_([State(s).value for s in states]))
         if workload:
@@ -266,8 +272,10 @@ class JobStore:
         with self.engine.connect() as conn:
             return [Job.from_row(r) for r in conn.execute(q)]
 
-    def count_by_state(self) -> dict[str, int]:
+    def count_by_state(self, site: str | None = None) -> dict[str, int]:
         q = sa.select(jobs_t.c.state, sa.func.count()).group_by(jobs_t.c.state)
+        if site is not None:
+            q = q.where(jobs_t.c.site == site)
         with self.engine.connect() as conn:
             return {s: n for s, n in conn.execute(q)}
 
@@ -349,6 +357,13 @@ class JobStore:
             return conn.execute(
                 jobs_t.update().where(jobs_t.c.lease_owner == owner).values(lease_expires=time.time() + lease_s)
             ).rowcount
+
+    def lease_owners(self, site: str | None = None) -> list[str]:
+        q = sa.select(jobs_t.c.lease_owner).where(jobs_t.c.lease_owner.is_not(None)).distinct()
+        if site is not None:
+            q = q.where(jobs_t.c.site == site)
+        with self.engine.connect() as conn:
+            return [r[0] for r in conn.execute(q)]
 
     def release(self, owner: str, job_ids: Sequence[int] | None = None) -> None:
         cond = [jobs_t.c.lease_owner == owner]

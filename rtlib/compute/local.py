@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from typing import Any, Callable
 
+import dask
 from distributed import Client, LocalCluster
 from distributed.client import FutureCancelledError
 
@@ -31,6 +32,9 @@ class LocalDaskBackend(ComputeBackend):
     def start(self) -> None:
         if self.client is not None:
             return
+        # A worker that dies must surface as a lost attempt at once (the agent owns the retry
+        # budget), not be silently rescheduled by dask up to `allowed-failures` times.
+        dask.config.set({"distributed.scheduler.allowed-failures": 0})
         self.cluster = LocalCluster(
             n_workers=self.workers,
             threads_per_worker=self.threads_per_worker,

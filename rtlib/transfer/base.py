@@ -35,6 +35,7 @@ class TransferOutcome:
 
 
 ProgressCallback = Callable[[int], None]  # called with bytes copied since the last call
+OutcomeCallback = Callable[[TransferOutcome], None]  # called as each item of a batch finishes
 
 
 class TransferBackend(ABC):

@@ -1,0 +1,125 @@
+"""Pipeline efficiency: does stage-in of the next jobs overlap analysis of the current ones?
+
+For each link rate, N synthetic SAXS datasets go through the agent with the
+link shaped to that rate. Efficiency = achieved input throughput divided by
+min(link's share for inputs, compute capacity), where the compute capacity is
+measured in the same run by analysing the same files on the same cluster with
+no transfers. The reference is the same work done without overlap (transfer
+everything, then analyse everything): its time is predicted from the two
+measured rates, and the ratio says what the overlap buys.
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from pathlib import Path
+
+from common import write_result
+
+from rtlib import config as cfg
+from rtlib import jobs, report
+from rtlib.compute.local import LocalDaskBackend
+from rtlib.compute.task import run_attempt
+from rtlib.runtime import open_runtime
+from rtlib.synth.detector import frames_for_size, write_detector_file
+
+HEIGHT = WIDTH = 256
+
+
+def make_files(root: Path, n: int, size_mb: float) -> list[str]:
+    frames = frames_for_size(int(size_mb * 1e6), HEIGHT, WIDTH, "uint16")
+    first = root / "raw/scan-0000.h5"
+    first.parent.mkdir(parents=True, exist_ok=True)
+    write_detector_file(first, frames=frames, height=HEIGHT, width=WIDTH, seed=0)
+    rels = ["raw/scan-0000.h5"]
+    for i in range(1, n):  # identical content is fine: nothing dedups by content
+        rel = f"raw/scan-{i:04d}.h5"
+        (root / rel).write_bytes(first.read_bytes())
+        rels.append(rel)
+    return rels
+
+
+def compute_capacity_mbps(compute: LocalDaskBackend, files: list[Path], scratch: Path) -> float:
+    t0 = time.perf_counter()
+    futs = [compute.submit(run_attempt, "saxs", {}, [str(f)], str(scratch / f"cap-{i}"), key=f"cap-{i}") for i, f in enumerate(files)]
+    compute.client.gather(futs)
+    elapsed = time.perf_counter() - t0
+    return sum(f.stat().st_size for f in files) * 8 / elapsed / 1e6
+
+
+def run_pipeline(ws: Path, compute: LocalDaskBackend, rels_src: Path, rels: list[str], link_mbps: float) -> dict:
+    raw = cfg.default_config(ws)
+    raw["agent"] = {"poll_s": 0.01, "transfers_in_flight": 4}
+    settings = cfg.validate(raw)
+    cfg.ensure_workspace(settings)
+    aps = Path(settings.endpoints["aps"].root)
+    (aps / "raw").mkdir(parents=True, exist_ok=True)
+    for rel in rels:
+        (aps / rel).hardlink_to(rels_src / rel)
+    rt = open_runtime(settings, link_mbps=link_mbps)
+    rt.compute = compute
+    try:
+        ids = [jobs.submit(rt.store, settings, "saxs", source_endpoint="aps", inputs=[rel]) for rel in rels]
+        t0 = time.perf_counter()
+        rt.agent("local").run(until_idle=True)
+        elapsed = time.perf_counter() - t0
+        assert {j.state.value for j in rt.store.list_jobs(ids=ids)} == {"DONE"}
+        moved = report.bytes_moved(rt.store, ids)
+        return {"elapsed_s": elapsed, "bytes_in": moved["in"], "bytes_out": moved["out"], "latency": report.median_latencies(rt.store, ids)}
+    finally:
+        rt.compute = None
+        rt.close()
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--size-mb", type=float, default=32.0)
+    ap.add_argument("--seconds", type=float, default=20.0, help="aim for about this much link time per rate")
+    ap.add_argument("--links", default="276,1000", help="comma-separated link rates in Mbps")
+    ap.add_argument("--workers", type=int, default=2)
+    args = ap.parse_args()
+    rows, figures = [], {"size_mb": args.size_mb, "workers": args.workers, "runs": []}
+    with tempfile.TemporaryDirectory(prefix="rtlib-bench-") as tmp:
+        tmp = Path(tmp)
+        compute = LocalDaskBackend(workers=args.workers)
+        compute.start()
+        try:
+            links = [float(x) for x in args.links.split(",")]
+            n_max = max(4, int(max(links) * 1e6 / 8 * args.seconds / (args.size_mb * 1e6)))
+            src = tmp / "src"
+            rels = make_files(src, n_max, args.size_mb)
+            cap = compute_capacity_mbps(compute, [src / r for r in rels[: max(4, 2 * args.workers)]], tmp / "cap")
+            for link in links:
+                n = max(4, int(link * 1e6 / 8 * args.seconds / (args.size_mb * 1e6)))
+                res = run_pipeline(tmp / f"ws-{link:g}", compute, src, rels[:n], link)
+                in_share = res["bytes_in"] / (res["bytes_in"] + res["bytes_out"])
+                achieved = res["bytes_in"] * 8 / res["elapsed_s"] / 1e6
+                bound = min(link * in_share, cap)
+                sequential_s = res["bytes_in"] * 8 / 1e6 / (link * in_share) + res["bytes_in"] * 8 / 1e6 / cap
+                run = {
+                    "link_mbps": link, "jobs": n, "elapsed_s": round(res["elapsed_s"], 2),
+                    "achieved_input_mbps": round(achieved, 1), "compute_capacity_mbps": round(cap, 1),
+                    "bound_mbps": round(bound, 1), "efficiency": round(achieved / bound, 3),
+                    "sequential_reference_s": round(sequential_s, 2), "speedup_vs_sequential": round(sequential_s / res["elapsed_s"], 2),
+                    "median_latency_s": {k: (round(v, 3) if v is not None else None) for k, v in res["latency"].items()},
+                }
+                figures["runs"].append(run)
+                rows.append(f"| {link:g} Mbps | {n} x {args.size_mb:g} MB | {res['elapsed_s']:.1f} s | {achieved:.0f} Mbps | "
+                            f"{cap:.0f} Mbps | {bound:.0f} Mbps | **{achieved / bound:.2f}** | {sequential_s:.1f} s ({sequential_s / res['elapsed_s']:.2f}x) | "
+                            f"{res['latency']['end_to_end']:.2f} s |")
+                print(rows[-1], flush=True)
+        finally:
+            compute.close()
+    table = "\n".join([
+        "| link | datasets | wall | achieved (inputs) | compute capacity | min(link, compute) | efficiency | no-overlap reference (rtlib speed-up) | median end-to-end latency |",
+        "|---|---|---|---|---|---|---|---|---|",
+        *rows,
+    ])
+    write_result("pipeline", "Pipeline efficiency with a shaped link (saxs workload)", figures, table)
+    print(table)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,515 @@
+"""The site agent: advances the jobs of one site, one recorded step at a time.
+
+Every step is committed to the store (a compare-and-set on the job's state
+and lease) *before* the agent acts on it, and every action is idempotent,
+so an agent killed at any instant restarts where it stopped:
+
+* transfer items are marked done only after the verified copy is in place
+  under its final name; a restarted agent re-sends what is still pending;
+* an analysis attempt writes only into its own attempt directory; the agent
+  promotes it to ``out/`` and records RUN_DONE; a restarted agent that
+  finds ``out/`` complete records RUN_DONE instead of running again, and
+  one that finds a RUNNING job with no result counts the attempt as lost
+  (PREEMPTED) and queues it again while the retry budget lasts.
+
+Transfers go in batches of up to ``batch_bytes`` with a bounded number in
+flight on a thread pool, while analyses run on the compute backend, so
+stage-in of the next jobs overlaps analysis of the current ones.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import os
+import queue
+import shutil
+import socket
+import threading
+import time
+import uuid
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+from typing import Any, Callable
+
+from . import layout
+from .compute.base import ComputeBackend
+from .compute.task import SUMMARY_FILE, read_progress, run_attempt
+from .config import Settings
+from .errors import RtlibError
+from .states import ACTIVE, TERMINAL, State
+from .store import Job, JobStore, TransferItem
+from .transfer.base import TransferBackend, TransferOutcome, TransferRequest
+from .workloads import get_workload
+
+log = logging.getLogger("rtlib.agent")
+S = State
+
+
+@dataclass
+class AgentStats:
+    started: float = field(default_factory=time.time)
+    bytes_in: int = 0
+    bytes_out: int = 0
+    files_in: int = 0
+    files_out: int = 0
+    transfer_failures: int = 0
+    runs_started: int = 0
+    lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def add_bytes(self, direction: str, n: int) -> None:
+        with self.lock:
+            if direction == "in":
+                self.bytes_in += n
+            else:
+                self.bytes_out += n
+
+
+@dataclass
+class _Run:
+    future: Any
+    attempt_dir: str  # relative to the scratch endpoint
+    attempt: int
+    last_progress_check: float = 0.0
+
+
+class Agent:
+    def __init__(
+        self,
+        settings: Settings,
+        store: JobStore,
+        transfer: TransferBackend,
+        compute: ComputeBackend,
+        *,
+        site: str = "local",
+        agent_id: str | None = None,
+        max_leased: int = 256,
+    ):
+        self.settings = settings
+        self.store = store
+        self.transfer = transfer
+        self.compute = compute
+        self.site_name = site
+        self.site = settings.site(site)
+        self.scratch = self.site.scratch_endpoint
+        self.opts = settings.agent
+        self.agent_id = agent_id or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+        self.max_leased = max_leased
+        self.stats = AgentStats()
+
+        self.jobs: dict[int, Job] = {}
+        self.pending: dict[int, deque[TransferItem]] = {}  # job -> items not yet sent
+        self.remaining: dict[int, int] = {}  # job -> items of the current stage not yet done
+        self.item_job: dict[int, int] = {}  # transfer item -> job, while in flight
+        self.ready: deque[int] = deque()  # STAGED_IN jobs waiting for a compute slot
+        self.runs: dict[int, _Run] = {}
+        self.batches: set[Future] = set()
+        self.outcomes: queue.Queue[tuple[str, TransferOutcome, int]] = queue.Queue()
+        self.pool = ThreadPoolExecutor(max_workers=self.opts.transfers_in_flight, thread_name_prefix="rtlib-transfer")
+        self._supports_on_outcome = "on_outcome" in inspect.signature(transfer.transfer_batch).parameters
+        self._last_heartbeat = 0.0
+        self._last_claim = 0.0
+        self._last_sync = 0.0
+        self._stop = threading.Event()
+        self._break_dead_local_leases()
+
+    # -- public ------------------------------------------------------------
+    def stop(self) -> None:
+        self._stop.set()
+
+    def run(
+        self,
+        *,
+        until_idle: bool = False,
+        max_seconds: float | None = None,
+        on_tick: Callable[["Agent"], None] | None = None,
+        tick_s: float = 0.25,
+    ) -> None:
+        """Advance jobs until stopped, until `max_seconds`, or (until_idle) until no active job is left."""
+        deadline = time.monotonic() + max_seconds if max_seconds else None
+        last_tick = 0.0
+        try:
+            while not self._stop.is_set():
+                busy = self.step()
+                now = time.monotonic()
+                if on_tick and now - last_tick >= tick_s:
+                    on_tick(self)
+                    last_tick = now
+                if deadline and now > deadline:
+                    break
+                if until_idle and not self.jobs and not self.batches and self._site_idle():
+                    break
+                if not busy:
+                    time.sleep(self.opts.poll_s)
+        finally:
+            if on_tick:
+                on_tick(self)
+            self.close()
+
+    def close(self) -> None:
+        self.pool.shutdown(wait=True, cancel_futures=True)
+        self.store.release(self.agent_id)
+
+    def _break_dead_local_leases(self) -> None:
+        """Free at once the jobs of an agent on this host whose process is gone (kill -9, reboot)."""
+        host = socket.gethostname()
+        for owner in self.store.lease_owners(site=self.site_name):
+            parts = owner.split(":")
+            if len(parts) == 3 and parts[0] == host and parts[1].isdigit() and not _pid_alive(int(parts[1])):
+                log.info("releasing the leases of dead agent %s", owner)
+                self.store.release(owner)
+
+    # -- the loop ----------------------------------------------------------
+    def step(self) -> bool:
+        now = time.time()
+        busy = False
+        if now - self._last_heartbeat > self.opts.lease_s / 3:
+            self.store.heartbeat(self.agent_id, self.opts.lease_s)
+            self._last_heartbeat = now
+        if now - self._last_sync > 1.0:
+            self._sync_external_changes()
+            self._last_sync = now
+        if len(self.jobs) < self.max_leased and now - self._last_claim > 0.5:
+            self._last_claim = now
+            for job in self.store.claim(
+                self.agent_id, site=self.site_name, lease_s=self.opts.lease_s, limit=self.max_leased - len(self.jobs)
+            ):
+                self._adopt(job)
+                busy = True
+        busy |= self._collect_transfers()
+        busy |= self._dispatch_transfers()
+        busy |= self._collect_runs()
+        busy |= self._start_runs()
+        return busy
+
+    def _site_idle(self) -> bool:
+        counts = self.store.count_by_state(site=self.site_name)
+        return not any(counts.get(s.value, 0) for s in ACTIVE)
+
+    def _sync_external_changes(self) -> None:
+        """Drop jobs that someone else moved (a cancel from the CLI or the API)."""
+        if not self.jobs:
+            return
+        current = {j.id: j for j in self.store.list_jobs(ids=list(self.jobs))}
+        for job_id, mine in list(self.jobs.items()):
+            theirs = current.get(job_id)
+            if theirs is None or theirs.state != mine.state or theirs.lease_owner != self.agent_id:
+                self._forget(job_id)
+
+    def _forget(self, job_id: int) -> None:
+        self.jobs.pop(job_id, None)
+        self.pending.pop(job_id, None)
+        self.remaining.pop(job_id, None)
+        run = self.runs.pop(job_id, None)
+        if run is not None:
+            run.future.cancel()
+        try:
+            self.ready.remove(job_id)
+        except ValueError:
+            pass
+
+    def _move(self, job: Job, to: State, reason: str, **fields: Any) -> Job | None:
+        """Record a step. Returns the updated job, or None when another actor moved it first."""
+        done = to in TERMINAL
+        if not self.store.transition(job.id, job.state, to, reason, owner=self.agent_id, release=done, **fields):
+            log.info("job %s moved by someone else; dropping it", job.id)
+            self._forget(job.id)
+            return None
+        if done:
+            self._forget(job.id)
+            return None
+        job = self.store.get_job(job.id)
+        self.jobs[job.id] = job
+        return job
+
+    def _fail(self, job: Job, reason: str) -> None:
+        log.warning("job %s failed: %s", job.id, reason)
+        self._move(job, S.FAILED, reason, error=reason)
+
+    # -- adopting a job in whatever state the store says -------------------
+    def _adopt(self, job: Job) -> None:
+        self.jobs[job.id] = job
+        handler = {
+            S.CREATED: self._plan_stage_in,
+            S.STAGING_IN: self._resume_staging,
+            S.STAGED_IN: self._queue_for_run,
+            S.RUNNING: self._recover_running,
+            S.RUN_DONE: self._plan_stage_out,
+            S.STAGING_OUT: self._resume_staging,
+            S.PREEMPTED: self._requeue_preempted,
+        }[job.state]
+        handler(job)
+
+    def _plan_stage_in(self, job: Job) -> None:
+        try:
+            workload = get_workload(job.workload)
+            params = workload.validate(job.params)
+            sources = list(job.inputs) + workload.extra_inputs(params)
+            items = []
+            for src in sources:
+                for path, size in self.transfer.list_files(job.source_endpoint, src):
+                    dst = layout.staged_input_path(job.id, src, path)
+                    items.append(dict(src_endpoint=job.source_endpoint, src_path=path, dst_endpoint=self.scratch, dst_path=dst, size_bytes=size))
+            if not items:
+                raise RtlibError(f"no input files found at {job.source_endpoint}:{', '.join(job.inputs)}")
+        except RtlibError as err:
+            self._fail(job, str(err))
+            return
+        self.store.add_items(job.id, "in", items)
+        job = self._move(job, S.STAGING_IN, f"staging {len(items)} file(s), {sum(i['size_bytes'] for i in items)} bytes")
+        if job:
+            self._resume_staging(job)
+
+    def _resume_staging(self, job: Job) -> None:
+        direction = "in" if job.state == S.STAGING_IN else "out"
+        items = self.store.items(job.id, direction)
+        failed = [i for i in items if i.state == "failed"]
+        if failed:
+            self._fail(job, f"could not stage {direction} {failed[0].src_endpoint}:{failed[0].src_path}: {failed[0].error}")
+            return
+        todo = [i for i in items if i.state == "pending"]
+        cleaner = getattr(self.transfer, "clean_temporaries", None)
+        if cleaner and todo:  # a killed agent may have left hidden partial copies behind
+            for d in {str(PurePosixPath(i.dst_path).parent) for i in todo}:
+                try:
+                    cleaner(todo[0].dst_endpoint, d)
+                except RtlibError:
+                    pass
+        self.pending[job.id] = deque(todo)
+        self.remaining[job.id] = len(todo)
+        if not todo:
+            self._finish_stage(job)
+
+    def _finish_stage(self, job: Job) -> None:
+        self.pending.pop(job.id, None)
+        self.remaining.pop(job.id, None)
+        if job.state == S.STAGING_IN:
+            job = self._move(job, S.STAGED_IN, "inputs staged and verified")
+            if job:
+                self._queue_for_run(job)
+        elif job.state == S.STAGING_OUT:
+            self._move(job, S.DONE, "results delivered and verified", progress=1.0)
+
+    def _queue_for_run(self, job: Job) -> None:
+        if job.id not in self.ready:
+            self.ready.append(job.id)
+
+    def _recover_running(self, job: Job) -> None:
+        out = self._local(layout.output_dir(job.id))
+        if (out / SUMMARY_FILE).exists():
+            self._record_run_done(job, out, "analysis had finished before the agent restarted")
+        else:
+            self._preempted(job, f"attempt {job.attempts} was lost with its agent (restart)")
+
+    def _requeue_preempted(self, job: Job) -> None:
+        if job.attempts >= job.max_attempts:
+            self._fail(job, f"preempted and out of retries ({job.attempts}/{job.max_attempts} attempts used)")
+        else:
+            job = self._move(job, S.STAGED_IN, f"re-queued after preemption (attempt {job.attempts + 1} of {job.max_attempts} next)")
+            if job:
+                self._queue_for_run(job)
+
+    def _preempted(self, job: Job, reason: str) -> None:
+        job = self._move(job, S.PREEMPTED, reason)
+        if job:
+            self._requeue_preempted(job)
+
+    def _plan_stage_out(self, job: Job) -> None:
+        out_rel = layout.output_dir(job.id)
+        dest = layout.expand_output_path(job.output_path, job.id, job.workload).strip("/")
+        try:
+            files = self.transfer.list_files(self.scratch, out_rel)
+        except RtlibError as err:
+            self._fail(job, f"results missing on scratch: {err}")
+            return
+        items = [
+            dict(
+                src_endpoint=self.scratch,
+                src_path=path,
+                dst_endpoint=job.dest_endpoint,
+                dst_path=str(PurePosixPath(dest) / PurePosixPath(path).relative_to(out_rel)),
+                size_bytes=size,
+            )
+            for path, size in files
+        ]
+        self.store.add_items(job.id, "out", items)
+        job = self._move(job, S.STAGING_OUT, f"returning {len(items)} result file(s) to {job.dest_endpoint}:{dest}")
+        if job:
+            self._resume_staging(job)
+
+    # -- transfers ---------------------------------------------------------
+    def _dispatch_transfers(self) -> bool:
+        sent = False
+        while len(self.batches) < self.opts.transfers_in_flight:
+            batch = self._next_batch()
+            if not batch:
+                break
+            direction = "out" if self.jobs[self.item_job[batch[0].item_id]].state == S.STAGING_OUT else "in"
+            fut = self.pool.submit(self._transfer_batch, batch, direction)
+            self.batches.add(fut)
+            sent = True
+        return sent
+
+    def _next_batch(self) -> list[TransferRequest]:
+        """Items in order: results going home first (they finish jobs), then inputs by job priority."""
+        order = sorted(self.pending, key=lambda j: (self.jobs[j].state != S.STAGING_OUT, -self.jobs[j].priority, j))
+        # Spread what is pending over the free slots (so a small backlog still moves in parallel),
+        # but never past batch_bytes / batch_max_items (one Globus task's worth).
+        free = max(1, self.opts.transfers_in_flight - len(self.batches))
+        backlog = sum(it.size_bytes for q in self.pending.values() for it in q)
+        limit_bytes = min(self.opts.batch_bytes, max(1, backlog // free))
+        batch: list[TransferRequest] = []
+        total = 0
+        for job_id in order:
+            q = self.pending[job_id]
+            while q:
+                it = q[0]
+                if batch and (total + it.size_bytes > limit_bytes or len(batch) >= self.opts.batch_max_items):
+                    return batch
+                q.popleft()
+                self.item_job[it.id] = job_id
+                batch.append(TransferRequest(it.id, it.src_endpoint, it.src_path, it.dst_endpoint, it.dst_path, it.size_bytes))
+                total += it.size_bytes
+            if batch and self.jobs[job_id].state == S.STAGING_OUT:
+                return batch  # keep result batches per job so each job finishes as soon as it can
+        return batch
+
+    def _transfer_batch(self, batch: list[TransferRequest], direction: str) -> None:
+        def progress(n: int) -> None:
+            self.stats.add_bytes(direction, n)
+
+        if self._supports_on_outcome:
+            self.transfer.transfer_batch(batch, progress, on_outcome=lambda o: self.outcomes.put((direction, o, 0)))
+        else:
+            for outcome in self.transfer.transfer_batch(batch, progress):
+                self.outcomes.put((direction, outcome, 0))
+
+    def _collect_transfers(self) -> bool:
+        changed = False
+        for fut in [f for f in self.batches if f.done()]:
+            self.batches.discard(fut)
+            exc = fut.exception()
+            if exc is not None:  # a backend bug: fail loudly rather than hang the items
+                log.error("transfer batch crashed: %r", exc)
+                raise exc
+            changed = True
+        while True:
+            try:
+                direction, outcome, _ = self.outcomes.get_nowait()
+            except queue.Empty:
+                break
+            changed = True
+            job_id = self.item_job.pop(outcome.item_id, None)
+            now = time.time()
+            if outcome.ok:
+                self.store.update_item(outcome.item_id, state="done", checksum=outcome.checksum, attempts=outcome.attempts, finished_at=now, error=None)
+                with self.stats.lock:
+                    if direction == "in":
+                        self.stats.files_in += 1
+                    else:
+                        self.stats.files_out += 1
+            else:
+                self.store.update_item(outcome.item_id, state="failed", attempts=outcome.attempts, finished_at=now, error=outcome.error)
+                with self.stats.lock:
+                    self.stats.transfer_failures += 1
+            job = self.jobs.get(job_id) if job_id is not None else None
+            if job is None or job.id not in self.remaining:
+                continue  # cancelled or already failed meanwhile
+            if not outcome.ok:
+                kind = "permanently" if outcome.permanent else f"after {outcome.attempts} attempts"
+                self.pending.pop(job.id, None)
+                self.remaining.pop(job.id, None)
+                self._fail(job, f"transfer for stage-{direction} failed {kind}: {outcome.error}")
+                continue
+            self.remaining[job.id] -= 1
+            if self.remaining[job.id] <= 0:
+                self._finish_stage(job)
+        return changed
+
+    # -- analysis ----------------------------------------------------------
+    def _start_runs(self) -> bool:
+        started = False
+        # one spare task per worker keeps workers busy between tasks
+        while self.ready and len(self.runs) < self.compute.slots + 1:
+            job_id = self.ready.popleft()
+            job = self.jobs.get(job_id)
+            if job is None or job.state != S.STAGED_IN:
+                continue
+            attempt = job.attempts + 1
+            token = uuid.uuid4().hex[:8]
+            rel = layout.attempt_dir(job.id, attempt, token)
+            job = self._move(job, S.RUNNING, f"attempt {attempt} of {job.max_attempts} started", attempts=attempt, progress=0.0)
+            if job is None:
+                continue
+            inputs = [str(self._local(i.dst_path)) for i in self.store.items(job.id, "in")]
+            fut = self.compute.submit(run_attempt, job.workload, job.params, inputs, str(self._local(rel)), key=f"rtlib-job-{job.id}-{attempt}-{token}")
+            self.runs[job.id] = _Run(fut, rel, attempt)
+            self.stats.runs_started += 1
+            started = True
+        return started
+
+    def _collect_runs(self) -> bool:
+        changed = False
+        now = time.time()
+        for job_id, run in list(self.runs.items()):
+            job = self.jobs.get(job_id)
+            if job is None:
+                self.runs.pop(job_id, None)
+                continue
+            if not run.future.done():
+                if now - run.last_progress_check > 1.0:
+                    run.last_progress_check = now
+                    p = read_progress(self._local(run.attempt_dir))
+                    if p and p["fraction"] != job.progress:
+                        self.store.update_job(job.id, owner=self.agent_id, progress=p["fraction"])
+                        self.jobs[job.id] = job = self.store.get_job(job.id)
+                continue
+            changed = True
+            self.runs.pop(job_id)
+            try:
+                run.future.result()
+            except BaseException as exc:  # the worker's exception, re-raised here
+                self._run_failed(job, run, exc)
+                continue
+            self._promote(job, run)
+        return changed
+
+    def _run_failed(self, job: Job, run: _Run, exc: BaseException) -> None:
+        shutil.rmtree(self._local(run.attempt_dir), ignore_errors=True)
+        if self.compute.is_worker_lost(exc):
+            self._preempted(job, f"attempt {run.attempt}: worker lost ({type(exc).__name__}: {exc})")
+        elif isinstance(exc, RtlibError):
+            self._fail(job, f"{type(exc).__name__}: {exc}")
+        else:
+            self._fail(job, f"the {job.workload} analysis raised {type(exc).__name__}: {exc}")
+
+    def _promote(self, job: Job, run: _Run) -> None:
+        src = self._local(run.attempt_dir)
+        out = self._local(layout.output_dir(job.id))
+        if out.exists():  # a half-promoted earlier attempt: ours is complete, replace it
+            shutil.rmtree(out)
+        os.replace(src, out)
+        self._record_run_done(job, out, f"attempt {run.attempt} finished")
+
+    def _record_run_done(self, job: Job, out: Path, reason: str) -> None:
+        import json
+
+        summary = json.loads((out / SUMMARY_FILE).read_text())
+        job = self._move(job, S.RUN_DONE, reason, summary=summary, progress=1.0)
+        if job:
+            self._plan_stage_out(job)
+
+    def _local(self, rel: str) -> Path:
+        return self.transfer.local_path(self.scratch, rel)
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

@@ -1,0 +1,295 @@
+"""The `rtlib` command. It only wires the library; every operation lives in an rtlib module."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from . import config as cfg
+from . import jobs as jobops
+from .errors import RtlibError
+
+app = typer.Typer(
+    help="Near-real-time analysis of light-source data on a supercomputer.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,  # tracebacks with locals could print secrets
+)
+config_app = typer.Typer(help="Inspect the site config.", no_args_is_help=True)
+synth_app = typer.Typer(help="Write synthetic detector data with known ground truth.", no_args_is_help=True)
+app.add_typer(config_app, name="config")
+app.add_typer(synth_app, name="synth")
+console = Console()
+err_console = Console(stderr=True)
+
+ConfigOpt = typer.Option(None, "--config", "-c", help="site config TOML (default: $RTLIB_CONFIG, ./rtlib.toml, else the embedded default)")
+WorkspaceOpt = typer.Option(None, "--workspace", "-w", help="workspace directory (default: $RTLIB_WORKSPACE or ~/.local/share/rtlib)")
+
+
+def _settings(config: Optional[Path], workspace: Optional[Path]) -> cfg.Settings:
+    return cfg.load(config, workspace=workspace)
+
+
+def _store(settings: cfg.Settings):
+    from .store import JobStore
+
+    cfg.ensure_workspace(settings)
+    return JobStore(settings.store)
+
+
+def _parse_params(pairs: list[str]) -> dict:
+    from .notebooks import parse_cli_params
+
+    if len(pairs) % 2:
+        raise RtlibError("parameters come in pairs: -p NAME VALUE")
+    return parse_cli_params([(pairs[i], pairs[i + 1]) for i in range(0, len(pairs), 2)])
+
+
+def _params_option():
+    return typer.Option([], "--param", "-p", help="workload parameter: -p NAME VALUE (repeatable)")
+
+
+# -- config -----------------------------------------------------------------
+@config_app.command("show")
+def config_show(config: Optional[Path] = ConfigOpt, workspace: Optional[Path] = WorkspaceOpt, as_json: bool = typer.Option(False, "--json")):
+    """Print the effective config with every secret redacted."""
+    data = cfg.redacted(_settings(config, workspace))
+    if as_json:
+        print(json.dumps(data, indent=2))
+    else:
+        console.print_json(json.dumps(data))
+
+
+# -- synth ------------------------------------------------------------------
+@synth_app.command("detector")
+def synth_detector(
+    path: Path = typer.Argument(..., help="HDF5 file to write"),
+    size_mb: float = typer.Option(10.0, help="approximate file size in MB"),
+    height_px: int = typer.Option(256), width_px: int = typer.Option(256),
+    seed: int = typer.Option(0),
+    compression: Optional[str] = typer.Option(None, help="gzip or lz4"),
+):
+    """An area-detector file (frames at /entry/data/data) with an isotropic pattern of known I(q)."""
+    from .synth.detector import frames_for_size, write_detector_file
+
+    frames = max(1, frames_for_size(int(size_mb * 1e6), height_px, width_px, "uint16"))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    truth = write_detector_file(path, frames=frames, height=height_px, width=width_px, seed=seed, compression=compression)
+    console.print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB, {frames} frames)")
+    console.print_json(json.dumps(truth, default=str))
+
+
+# -- jobs -------------------------------------------------------------------
+@app.command()
+def submit(
+    workload: str = typer.Argument(..., help="workload name (see `rtlib workloads`)"),
+    source: list[str] = typer.Option(..., "--input", "-i", help="input ENDPOINT:PATH (repeatable, one endpoint)"),
+    dest: Optional[str] = typer.Option(None, "--dest", "-d", help="results ENDPOINT:PATH; {job_id} is filled in (default: the input endpoint, results/<workload>/job-<id>)"),
+    params: list[str] = _params_option(),
+    site: str = typer.Option("local"), queue: Optional[str] = typer.Option(None), account: Optional[str] = typer.Option(None),
+    beamline: Optional[str] = typer.Option(None), priority: int = typer.Option(0),
+    config: Optional[Path] = ConfigOpt, workspace: Optional[Path] = WorkspaceOpt,
+):
+    """Record a job; a running `rtlib agent` picks it up."""
+    settings = _settings(config, workspace)
+    locs = [jobops.parse_location(s) for s in source]
+    endpoints = {ep for ep, _ in locs}
+    if len(endpoints) != 1:
+        raise RtlibError(f"all inputs of one job must be on one endpoint; got {sorted(endpoints)}")
+    kwargs = {}
+    if dest:
+        kwargs["dest_endpoint"], kwargs["output_path"] = jobops.parse_location(dest)
+    store = _store(settings)
+    job_id = jobops.submit(
+        store, settings, workload, source_endpoint=locs[0][0], inputs=[p for _, p in locs], params=_parse_params(params),
+        site=site, queue=queue, account=account, beamline=beamline, priority=priority, **kwargs,
+    )
+    console.print(f"submitted job {job_id}")
+
+
+@app.command()
+def agent(
+    site: str = typer.Option("local"),
+    until_idle: bool = typer.Option(False, "--until-idle", help="stop when the site has no active job left"),
+    max_seconds: Optional[float] = typer.Option(None, help="stop after this many seconds"),
+    link_mbps: Optional[float] = typer.Option(None, help="shape every copy to this many megabits per second"),
+    faults: Optional[str] = typer.Option(None, help="inject transfer faults, e.g. fail=0.2,corrupt=0.1,seed=1 (also $RTLIB_FAULTS)"),
+    config: Optional[Path] = ConfigOpt, workspace: Optional[Path] = WorkspaceOpt,
+):
+    """Run the site agent: stage in, analyse, stage out, with leases so a restart resumes."""
+    from .runtime import open_runtime
+
+    settings = _settings(config, workspace)
+    rt = open_runtime(settings, link_mbps=link_mbps, faults=faults)
+    try:
+        ag = rt.agent(site)
+        err_console.print(f"agent {ag.agent_id} on site {site!r}, store {rt.store!r}")
+        ag.run(until_idle=until_idle, max_seconds=max_seconds)
+    finally:
+        rt.close()
+
+
+def _age(seconds: float) -> str:
+    if seconds < 120:
+        return f"{seconds:.0f}s"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f}m"
+    return f"{seconds / 3600:.1f}h"
+
+
+@app.command()
+def status(
+    job: Optional[int] = typer.Argument(None, help="one job: show it with its event history"),
+    as_json: bool = typer.Option(False, "--json"),
+    state: Optional[str] = typer.Option(None, help="only jobs in this state"),
+    workload: Optional[str] = typer.Option(None), beamline: Optional[str] = typer.Option(None),
+    limit: int = typer.Option(200), config: Optional[Path] = ConfigOpt, workspace: Optional[Path] = WorkspaceOpt,
+):
+    """Jobs with their state, progress and error (the reason a failed job failed)."""
+    store = _store(_settings(config, workspace))
+    if job is not None:
+        j = store.get_job(job)
+        events = [e.__dict__ for e in store.events(job)]
+        if as_json:
+            print(json.dumps({"job": j.to_dict(), "events": events}, indent=2, default=str))
+            return
+        console.print(f"job {j.id} [bold]{j.state.value}[/] {j.workload} {j.source_endpoint}:{','.join(j.inputs)} attempts {j.attempts}/{j.max_attempts}")
+        if j.error:
+            console.print(f"[red]error:[/] {j.error}")
+        t = Table("time", "from", "to", "reason")
+        for e in events:
+            t.add_row(time.strftime("%H:%M:%S", time.localtime(e["timestamp"])), e["from_state"] or "", e["to_state"], e["reason"])
+        console.print(t)
+        return
+    rows = store.list_jobs(states=[state.upper()] if state else None, workload=workload, beamline=beamline, limit=limit)
+    if as_json:
+        print(json.dumps([r.to_dict() for r in rows], indent=2, default=str))
+        return
+    t = Table("id", "state", "workload", "beamline", "input", "attempts", "progress", "age", "error")
+    now = time.time()
+    for r in rows:
+        t.add_row(str(r.id), r.state.value, r.workload, r.beamline or "", f"{r.source_endpoint}:{','.join(r.inputs)}",
+                  f"{r.attempts}/{r.max_attempts}", f"{r.progress:.0%}", _age(now - r.created_at), (r.error or "")[:120])
+    console.print(t)
+    counts = store.count_by_state()
+    console.print("  ".join(f"{k}: {v}" for k, v in sorted(counts.items())) or "no jobs")
+
+
+@app.command()
+def cancel(job_ids: list[int] = typer.Argument(...), config: Optional[Path] = ConfigOpt, workspace: Optional[Path] = WorkspaceOpt):
+    """Cancel jobs; partial results never reach the destination."""
+    store = _store(_settings(config, workspace))
+    for jid in job_ids:
+        jobops.cancel(store, jid)
+        console.print(f"cancelled job {jid}")
+
+
+@app.command()
+def retry(job_ids: list[int] = typer.Argument(...), config: Optional[Path] = ConfigOpt, workspace: Optional[Path] = WorkspaceOpt):
+    """Start FAILED or CANCELLED jobs again from the beginning."""
+    store = _store(_settings(config, workspace))
+    for jid in job_ids:
+        jobops.retry(store, jid)
+        console.print(f"job {jid} queued again")
+
+
+@app.command()
+def workloads(as_json: bool = typer.Option(False, "--json")):
+    """Installed workloads and their parameters."""
+    from .workloads import get_workload, workload_names
+
+    data = {n: {"description": get_workload(n).description, "parameters": get_workload(n).json_schema()} for n in workload_names()}
+    if as_json:
+        print(json.dumps(data, indent=2))
+        return
+    for name, d in data.items():
+        console.print(f"[bold]{name}[/]: {d['description']}")
+        for p, s in d["parameters"].get("properties", {}).items():
+            console.print(f"    {p} = {s.get('default', '(required)')!r}  {s.get('description', '')}")
+
+
+@app.command()
+def run(
+    workload: str = typer.Argument(...),
+    params: list[str] = _params_option(),
+    kernel: Optional[str] = typer.Option(None, help="Jupyter kernel name (default: this Python)"),
+):
+    """Run a workload's notebook headless with papermill: -p input_path X -p output_path Y -p ...
+
+    Parameters are validated before any kernel starts; the executed notebook is kept with the results.
+    """
+    from .notebooks import run_notebook
+
+    values = _parse_params(params)
+    missing = [k for k in ("input_path", "output_path") if k not in values]
+    if missing:
+        raise RtlibError(f"missing {' and '.join(missing)}: give -p input_path FILE -p output_path DIR")
+    result = run_notebook(workload, values.pop("input_path"), values.pop("output_path"), values, kernel_name=kernel)
+    console.print(f"executed notebook: {result.notebook}")
+    console.print_json(json.dumps(result.summary, default=str))
+
+
+@app.command()
+def demo(
+    jobs: int = typer.Option(12, "--jobs", "-n", help="number of datasets (round robin over aps, als, nsls2)"),
+    link_mbps: Optional[float] = typer.Option(276.0, help="shape the link to this many Mbps (0: unshaped); 276 is the published 48-hour average"),
+    workload: str = typer.Option("saxs"),
+    size_mb: float = typer.Option(4.0, help="size of each synthetic dataset in MB"),
+    workspace: Optional[Path] = typer.Option(None, "--workspace", "-w", help="where to build the demo (default: a new temporary directory)"),
+):
+    """Build a workspace, produce data at three beamlines, analyse it at 'ALCF', return the results."""
+    from rich.live import Live
+
+    from .demo import run_demo
+
+    ws = workspace or Path(tempfile.mkdtemp(prefix="rtlib-demo-"))
+    settings = cfg.validate(cfg.default_config(ws))
+    console.print(f"workspace: {ws}  (link {'unshaped' if not link_mbps else f'{link_mbps:g} Mbps'}, {jobs} jobs of {size_mb:g} MB, workload {workload})")
+
+    with Live(console=console, refresh_per_second=4, transient=False) as live:
+        def tick(ag):
+            counts = ag.store.count_by_state()
+            el = max(time.time() - ag.stats.started, 1e-9)
+            mbps = (ag.stats.bytes_in + ag.stats.bytes_out) * 8 / el / 1e6
+            live.update(f"[bold]{'  '.join(f'{k}: {v}' for k, v in sorted(counts.items()))}[/]   "
+                        f"moved {(ag.stats.bytes_in + ag.stats.bytes_out) / 1e6:.1f} MB at {mbps:.0f} Mbps   {el:.1f}s")
+
+        result = run_demo(settings, n_jobs=jobs, link_mbps=link_mbps or None, workload=workload, size_mb=size_mb, on_tick=tick)
+
+    t = Table("figure", "value", title="rtlib demo")
+    for state, n in sorted(result.by_state.items()):
+        t.add_row(f"jobs {state}", str(n))
+    t.add_row("bytes in / out", f"{result.bytes_in / 1e6:.1f} MB / {result.bytes_out / 1e6:.2f} MB")
+    t.add_row("wall time", f"{result.elapsed_s:.1f} s")
+    t.add_row("throughput", f"{result.throughput_mbps:.0f} Mbps")
+    for stage, med in result.median_latency_s.items():
+        t.add_row(f"median {stage}", "-" if med is None else f"{med:.2f} s")
+    t.add_row("results verified at the beamlines", str(result.verified_outputs))
+    console.print(t)
+    for jid, why in result.failures.items():
+        err_console.print(f"[red]job {jid}:[/] {why}")
+    if not result.ok:
+        err_console.print(f"[red]{len(result.failures)} job(s) did not finish[/]")
+        raise typer.Exit(1)
+
+
+def main() -> None:
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        app(standalone_mode=True)
+    except RtlibError as err:
+        err_console.print(f"[red]error:[/] {err}")
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,96 @@
+"""Submitting, cancelling and retrying jobs: the operations the CLI, the REST API and the widgets share."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .config import Settings
+from .errors import ConfigError, EndpointError, IllegalTransition, RtlibError
+from .states import TERMINAL, State
+from .store import JobSpec, JobStore
+from .workloads import get_workload
+
+
+def parse_location(text: str) -> tuple[str, str]:
+    """`ENDPOINT:PATH` -> (endpoint, path)."""
+    endpoint, sep, path = text.partition(":")
+    if not sep or not endpoint or not path:
+        raise EndpointError(f"{text!r} is not ENDPOINT:PATH (for example aps:raw/scan1.h5)")
+    return endpoint, path
+
+
+def _check_relative(endpoint: str, path: str) -> None:
+    parts = path.replace("\\", "/").split("/")
+    if ".." in parts:
+        raise EndpointError(f"{endpoint}:{path}: '..' is not allowed; give a path inside the endpoint's root")
+
+
+def submit(
+    store: JobStore,
+    settings: Settings,
+    workload: str,
+    *,
+    source_endpoint: str,
+    inputs: list[str],
+    params: dict[str, Any] | None = None,
+    dest_endpoint: str | None = None,
+    output_path: str = "results/{workload}/job-{job_id}",
+    site: str = "local",
+    queue: str | None = None,
+    account: str | None = None,
+    beamline: str | None = None,
+    priority: int = 0,
+    max_attempts: int | None = None,
+) -> int:
+    """Validate everything a person can get wrong, then record the job (state CREATED)."""
+    wl = get_workload(workload)
+    clean = wl.validate(params or {}).model_dump(mode="json")
+    settings.endpoint(source_endpoint)
+    dest_endpoint = dest_endpoint or source_endpoint
+    settings.endpoint(dest_endpoint)
+    for path in inputs:
+        _check_relative(source_endpoint, path)
+    _check_relative(dest_endpoint, output_path)
+    site_cfg = settings.site(site)
+    if queue is not None and queue not in {q.name for q in site_cfg.queues}:
+        raise ConfigError(f"site {site!r} has no queue {queue!r}; its queues: {', '.join(q.name for q in site_cfg.queues)}")
+    if beamline is not None:
+        if beamline not in settings.beamlines:
+            raise ConfigError(f"unknown beamline {beamline!r}; configured: {', '.join(sorted(settings.beamlines)) or 'none'}")
+        account = account or settings.beamlines[beamline].account
+    if account is not None and settings.accounts and account not in settings.accounts:
+        raise ConfigError(f"unknown account {account!r}; configured: {', '.join(sorted(settings.accounts))}")
+    if not inputs:
+        raise RtlibError("a job needs at least one input path")
+    spec = JobSpec(
+        workload=workload,
+        params=clean,
+        source_endpoint=source_endpoint,
+        inputs=list(inputs),
+        dest_endpoint=dest_endpoint,
+        output_path=output_path,
+        site=site,
+        queue=queue or site_cfg.queues[0].name,
+        account=account,
+        beamline=beamline,
+        priority=priority,
+        max_attempts=max_attempts or settings.agent.max_attempts,
+    )
+    return store.create_job(spec)
+
+
+def cancel(store: JobStore, job_id: int, reason: str = "cancelled by user") -> None:
+    job = store.get_job(job_id)
+    if job.state in TERMINAL:
+        raise IllegalTransition(f"job {job_id} is already {job.state.value}; nothing to cancel")
+    if not store.transition(job_id, job.state, State.CANCELLED, reason, release=True, error=reason):
+        raise RtlibError(f"job {job_id} changed state while cancelling; run the command again")
+
+
+def retry(store: JobStore, job_id: int, reason: str = "retried by user") -> None:
+    """Start a FAILED or CANCELLED job again from the beginning, with a fresh retry budget."""
+    job = store.get_job(job_id)
+    if job.state not in (State.FAILED, State.CANCELLED):
+        raise IllegalTransition(f"job {job_id} is {job.state.value}; only FAILED or CANCELLED jobs can be retried")
+    if not store.transition(job_id, job.state, State.CREATED, reason, release=True, attempts=0, error=None, progress=0.0):
+        raise RtlibError(f"job {job_id} changed state while retrying; run the command again")

@@ -1,0 +1,78 @@
+"""A dask worker killed under a running analysis: PREEMPTED, re-queued while the budget lasts, then FAILED."""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+
+from rtlib import jobs
+from rtlib.compute.local import LocalDaskBackend
+from rtlib.runtime import open_runtime
+from rtlib.states import State
+
+from helpers import assert_results_home, make_settings, produce
+
+
+def _kill_worker_running(compute: LocalDaskBackend, stop: threading.Event, kills: list[int], max_kills: int) -> None:
+    """Kill (SIGKILL) the worker process that runs an rtlib task, up to max_kills times."""
+    while not stop.is_set() and len(kills) < max_kills:
+        processing = compute.client.processing()
+        busy = [addr for addr, keys in processing.items() if any(str(k).startswith("rtlib-job-") for k in keys)]
+        if busy:
+            pids = compute.client.run(os.getpid, workers=busy[:1])
+            time.sleep(0.3)  # let the analysis get going
+            for pid in pids.values():
+                os.kill(pid, signal.SIGKILL)
+                kills.append(pid)
+            time.sleep(1.0)  # the nanny restarts the worker
+        time.sleep(0.05)
+
+
+def _run_with_killer(tmp_path, max_attempts: int, max_kills: int):
+    settings = make_settings(tmp_path / "ws", max_attempts=max_attempts)
+    rt = open_runtime(settings)
+    rt.compute = LocalDaskBackend(workers=1)
+    rt.compute.start()
+    try:
+        (ep, rel), = produce(settings, 1)
+        jid = jobs.submit(rt.store, settings, "noop", source_endpoint=ep, inputs=[rel], params={"sleep_s": 3})
+        stop, kills = threading.Event(), []
+        killer = threading.Thread(target=_kill_worker_running, args=(rt.compute, stop, kills, max_kills), daemon=True)
+        killer.start()
+        rt.agent("local").run(until_idle=True, max_seconds=120)
+        stop.set()
+        killer.join(10)
+        return settings, rt, jid, kills
+    except BaseException:
+        rt.close()
+        raise
+
+
+def test_preempted_run_is_requeued_and_finishes(tmp_path):
+    settings, rt, jid, kills = _run_with_killer(tmp_path, max_attempts=3, max_kills=1)
+    try:
+        job = rt.store.get_job(jid)
+        assert len(kills) == 1
+        assert job.state == State.DONE, job.error
+        assert job.attempts == 2
+        path = [e.to_state for e in rt.store.events(jid)]
+        assert path.count("PREEMPTED") == 1 and path.count("RUN_DONE") == 1
+        assert path[path.index("PREEMPTED") + 1] == "STAGED_IN"
+        assert_results_home(settings, rt.store)
+    finally:
+        rt.close()
+
+
+def test_preemption_beyond_budget_fails_with_history(tmp_path):
+    settings, rt, jid, kills = _run_with_killer(tmp_path, max_attempts=2, max_kills=2)
+    try:
+        job = rt.store.get_job(jid)
+        assert len(kills) == 2
+        assert job.state == State.FAILED
+        assert "out of retries (2/2" in job.error
+        assert [e.to_state for e in rt.store.events(jid)].count("PREEMPTED") == 2
+        assert rt.store.items(jid, "out") == [], "a killed attempt's partial output is never staged out"
+    finally:
+        rt.close()
