@@ -46,16 +46,23 @@ def _store(settings: cfg.Settings):
     return JobStore(settings.store)
 
 
-def _parse_params(pairs: list[str]) -> dict:
+# `-p NAME VALUE` (papermill's form) takes two values; typer cannot declare a repeatable pair,
+# so the commands that take parameters collect their extra arguments and read them here.
+PARAM_CONTEXT = {"allow_extra_args": True, "ignore_unknown_options": True}
+
+
+def _parse_params(args: list[str]) -> dict:
     from .notebooks import parse_cli_params
 
-    if len(pairs) % 2:
-        raise RtlibError("parameters come in pairs: -p NAME VALUE")
-    return parse_cli_params([(pairs[i], pairs[i + 1]) for i in range(0, len(pairs), 2)])
-
-
-def _params_option():
-    return typer.Option([], "--param", "-p", help="workload parameter: -p NAME VALUE (repeatable)")
+    pairs, i = [], 0
+    while i < len(args):
+        if args[i] not in ("-p", "--param"):
+            raise RtlibError(f"unexpected argument {args[i]!r}; workload parameters are given as -p NAME VALUE")
+        if i + 2 >= len(args):
+            raise RtlibError(f"{args[i]} needs a NAME and a VALUE, e.g. -p num_q_bins 300")
+        pairs.append((args[i + 1], args[i + 2]))
+        i += 3
+    return parse_cli_params(pairs)
 
 
 # -- config -----------------------------------------------------------------
@@ -89,17 +96,17 @@ def synth_detector(
 
 
 # -- jobs -------------------------------------------------------------------
-@app.command()
+@app.command(context_settings=PARAM_CONTEXT)
 def submit(
+    ctx: typer.Context,
     workload: str = typer.Argument(..., help="workload name (see `rtlib workloads`)"),
     source: list[str] = typer.Option(..., "--input", "-i", help="input ENDPOINT:PATH (repeatable, one endpoint)"),
     dest: Optional[str] = typer.Option(None, "--dest", "-d", help="results ENDPOINT:PATH; {job_id} is filled in (default: the input endpoint, results/<workload>/job-<id>)"),
-    params: list[str] = _params_option(),
     site: str = typer.Option("local"), queue: Optional[str] = typer.Option(None), account: Optional[str] = typer.Option(None),
     beamline: Optional[str] = typer.Option(None), priority: int = typer.Option(0),
     config: Optional[Path] = ConfigOpt, workspace: Optional[Path] = WorkspaceOpt,
 ):
-    """Record a job; a running `rtlib agent` picks it up."""
+    """Record a job; a running `rtlib agent` picks it up. Parameters: -p NAME VALUE (repeatable)."""
     settings = _settings(config, workspace)
     locs = [jobops.parse_location(s) for s in source]
     endpoints = {ep for ep, _ in locs}
@@ -110,7 +117,7 @@ def submit(
         kwargs["dest_endpoint"], kwargs["output_path"] = jobops.parse_location(dest)
     store = _store(settings)
     job_id = jobops.submit(
-        store, settings, workload, source_endpoint=locs[0][0], inputs=[p for _, p in locs], params=_parse_params(params),
+        store, settings, workload, source_endpoint=locs[0][0], inputs=[p for _, p in locs], params=_parse_params(ctx.args),
         site=site, queue=queue, account=account, beamline=beamline, priority=priority, **kwargs,
     )
     console.print(f"submitted job {job_id}")
@@ -217,10 +224,10 @@ def workloads(as_json: bool = typer.Option(False, "--json")):
             console.print(f"    {p} = {s.get('default', '(required)')!r}  {s.get('description', '')}")
 
 
-@app.command()
+@app.command(context_settings=PARAM_CONTEXT)
 def run(
+    ctx: typer.Context,
     workload: str = typer.Argument(...),
-    params: list[str] = _params_option(),
     kernel: Optional[str] = typer.Option(None, help="Jupyter kernel name (default: this Python)"),
 ):
     """Run a workload's notebook headless with papermill: -p input_path X -p output_path Y -p ...
@@ -229,7 +236,7 @@ def run(
     """
     from .notebooks import run_notebook
 
-    values = _parse_params(params)
+    values = _parse_params(ctx.args)
     missing = [k for k in ("input_path", "output_path") if k not in values]
     if missing:
         raise RtlibError(f"missing {' and '.join(missing)}: give -p input_path FILE -p output_path DIR")
@@ -264,6 +271,7 @@ def demo(
                         f"moved {(ag.stats.bytes_in + ag.stats.bytes_out) / 1e6:.1f} MB at {mbps:.0f} Mbps   {el:.1f}s")
 
         result = run_demo(settings, n_jobs=jobs, link_mbps=link_mbps or None, workload=workload, size_mb=size_mb, on_tick=tick)
+    console.print()
 
     t = Table("figure", "value", title="rtlib demo")
     for state, n in sorted(result.by_state.items()):
@@ -275,6 +283,7 @@ def demo(
         t.add_row(f"median {stage}", "-" if med is None else f"{med:.2f} s")
     t.add_row("results verified at the beamlines", str(result.verified_outputs))
     console.print(t)
+    console.print(f"results are under {ws}/endpoints/<beamline>/results/; `rtlib status -w {ws}` lists the jobs")
     for jid, why in result.failures.items():
         err_console.print(f"[red]job {jid}:[/] {why}")
     if not result.ok:
@@ -284,6 +293,9 @@ def demo(
 
 def main() -> None:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    import distributed  # noqa: F401  (it configures its loggers on import; quiet them after)
+
+    logging.getLogger("distributed").setLevel(logging.ERROR)  # cluster start/stop chatter
     try:
         app(standalone_mode=True)
     except RtlibError as err:
