@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import sys
@@ -51,7 +52,7 @@ def _store(settings: cfg.Settings):
 PARAM_CONTEXT = {"allow_extra_args": True, "ignore_unknown_options": True}
 
 
-def _parse_params(args: list[str]) -> dict:
+def _parse_params(args: list[str], workload: str | None = None) -> dict:
     from .notebooks import parse_cli_params
 
     pairs, i = [], 0
@@ -62,7 +63,7 @@ def _parse_params(args: list[str]) -> dict:
             raise RtlibError(f"{args[i]} needs a NAME and a VALUE, e.g. -p num_q_bins 300")
         pairs.append((args[i + 1], args[i + 2]))
         i += 3
-    return parse_cli_params(pairs)
+    return parse_cli_params(pairs, workload)
 
 
 # -- config -----------------------------------------------------------------
@@ -117,7 +118,7 @@ def submit(
         kwargs["dest_endpoint"], kwargs["output_path"] = jobops.parse_location(dest)
     store = _store(settings)
     job_id = jobops.submit(
-        store, settings, workload, source_endpoint=locs[0][0], inputs=[p for _, p in locs], params=_parse_params(ctx.args),
+        store, settings, workload, source_endpoint=locs[0][0], inputs=[p for _, p in locs], params=_parse_params(ctx.args, workload),
         site=site, queue=queue, account=account, beamline=beamline, priority=priority, **kwargs,
     )
     console.print(f"submitted job {job_id}")
@@ -130,6 +131,7 @@ def agent(
     max_seconds: Optional[float] = typer.Option(None, help="stop after this many seconds"),
     link_mbps: Optional[float] = typer.Option(None, help="shape every copy to this many megabits per second"),
     faults: Optional[str] = typer.Option(None, help="inject transfer faults, e.g. fail=0.2,corrupt=0.1,seed=1 (also $RTLIB_FAULTS)"),
+    progress: Optional[bool] = typer.Option(None, "--progress/--no-progress", help="live status line (default: when stderr is a terminal)"),
     config: Optional[Path] = ConfigOpt, workspace: Optional[Path] = WorkspaceOpt,
 ):
     """Run the site agent: stage in, analyse, stage out, with leases so a restart resumes."""
@@ -140,9 +142,30 @@ def agent(
     try:
         ag = rt.agent(site)
         err_console.print(f"agent {ag.agent_id} on site {site!r}, store {rt.store!r}")
-        ag.run(until_idle=until_idle, max_seconds=max_seconds)
+        with _live_status(progress if progress is not None else sys.stderr.isatty()) as tick:
+            ag.run(until_idle=until_idle, max_seconds=max_seconds, on_tick=tick)
     finally:
         rt.close()
+
+
+@contextlib.contextmanager
+def _live_status(enabled: bool = True):
+    """A one-line live view of the site: jobs by state, bytes moved, link rate. Yields the agent's on_tick."""
+    from rich.live import Live
+
+    if not enabled:
+        yield None
+        return
+    with Live(console=err_console, refresh_per_second=4, transient=False) as live:
+
+        def tick(ag) -> None:
+            counts = ag.store.count_by_state(site=ag.site_name)
+            elapsed = max(time.time() - ag.stats.started, 1e-9)
+            moved = ag.stats.bytes_in + ag.stats.bytes_out
+            states = "  ".join(f"{k}: {v}" for k, v in sorted(counts.items()))
+            live.update(f"[bold]{states}[/]   moved {moved / 1e6:.1f} MB at {moved * 8 / elapsed / 1e6:.0f} Mbps   {elapsed:.1f}s")
+
+        yield tick
 
 
 def _age(seconds: float) -> str:
@@ -254,22 +277,13 @@ def demo(
     workspace: Optional[Path] = typer.Option(None, "--workspace", "-w", help="where to build the demo (default: a new temporary directory)"),
 ):
     """Build a workspace, produce data at three beamlines, analyse it at 'ALCF', return the results."""
-    from rich.live import Live
-
     from .demo import run_demo
 
     ws = workspace or Path(tempfile.mkdtemp(prefix="rtlib-demo-"))
     settings = cfg.validate(cfg.default_config(ws))
     console.print(f"workspace: {ws}  (link {'unshaped' if not link_mbps else f'{link_mbps:g} Mbps'}, {jobs} jobs of {size_mb:g} MB, workload {workload})")
 
-    with Live(console=console, refresh_per_second=4, transient=False) as live:
-        def tick(ag):
-            counts = ag.store.count_by_state()
-            el = max(time.time() - ag.stats.started, 1e-9)
-            mbps = (ag.stats.bytes_in + ag.stats.bytes_out) * 8 / el / 1e6
-            live.update(f"[bold]{'  '.join(f'{k}: {v}' for k, v in sorted(counts.items()))}[/]   "
-                        f"moved {(ag.stats.bytes_in + ag.stats.bytes_out) / 1e6:.1f} MB at {mbps:.0f} Mbps   {el:.1f}s")
-
+    with _live_status() as tick:
         result = run_demo(settings, n_jobs=jobs, link_mbps=link_mbps or None, workload=workload, size_mb=size_mb, on_tick=tick)
     console.print()
 

@@ -85,3 +85,14 @@ def test_invalid_config_names_file_key_and_allowed(tmp_path):
 def test_help(args):
     r = rtlib(*args)
     assert r.returncode == 0 and "Usage" in r.stdout
+
+
+def test_run_notebook_headless(tmp_path):
+    data = tmp_path / "scan.h5"
+    assert rtlib("synth", "detector", str(data), "--size-mb", "0.5").returncode == 0
+    r = rtlib("run", "saxs", "-p", "input_path", str(data), "-p", "output_path", str(tmp_path / "out"), "-p", "num_q_bins", "40")
+    assert r.returncode == 0, r.stderr
+    assert (tmp_path / "out/saxs.ipynb").exists() and (tmp_path / "out/saxs.h5").exists()
+    assert (tmp_path / "out/saxs_iq.png").stat().st_size > 1000, "the notebook's I(q) plot"
+    bad = rtlib("run", "saxs", "-p", "input_path", str(data), "-p", "output_path", str(tmp_path / "out2"), "-p", "num_q_binz", "40")
+    assert bad.returncode == 2 and "num_q_binz" in bad.stderr and not (tmp_path / "out2").exists()
