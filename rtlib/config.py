@@ -38,6 +38,7 @@ class Endpoint(_Strict):
     collection_id: str | None = Field(None, description="Globus collection UUID of a globus endpoint")
     base_path: str = "/"
     link_mbps: float | None = Field(None, gt=0, description="shape copies from this endpoint to this rate")
+    data_access: bool = Field(False, description="a globus endpoint that is a mapped GCS collection: request its data_access scope")
 
     @model_validator(mode="after")
     def _kind_fields(self) -> "Endpoint":
@@ -93,6 +94,18 @@ class AgentSettings(_Strict):
     max_attempts: int = Field(3, ge=1, description="runs per job before it is FAILED")
 
 
+class GlobusSettings(_Strict):
+    """How the Globus transfer backend polls and gives up; batch sizes are in [agent]."""
+
+    native_client_id: str | None = Field(None, description="native-app client id for `rtlib login` (scientists)")
+    token_file: Path | None = Field(None, description="token cache (mode 0600); default <workspace>/globus-tokens.json")
+    poll_initial_s: float = Field(2.0, gt=0, description="first wait before polling a task; doubles up to poll_max_s")
+    poll_max_s: float = Field(60.0, gt=0)
+    stall_limit_s: float = Field(1800.0, gt=0, description="a task paused or without progress this long is cancelled")
+    task_retries: int = Field(2, ge=0, description="resubmissions of a cancelled or failed task's unfinished files")
+    network_retries: int = Field(5, ge=0, description="retries of a Globus API call after network errors")
+
+
 class Settings(_Strict):
     workspace: Path
     store_url: str | None = None
@@ -102,6 +115,7 @@ class Settings(_Strict):
     sites: dict[str, Site]
     accounts: dict[str, Account] = Field(default_factory=dict)
     agent: AgentSettings = Field(default_factory=AgentSettings)
+    globus: GlobusSettings = Field(default_factory=GlobusSettings)
 
     @field_validator("accounts")
     @classmethod
@@ -113,14 +127,27 @@ class Settings(_Strict):
 
     @model_validator(mode="after")
     def _references(self) -> "Settings":
+        # every dangling name at once, one per line, so a person fixes the file in one go
+        problems = []
+
+        def check(key: str, name: str | None, known: dict, what: str, *, optional_table: bool = False) -> None:
+            if name is None or name in known or (optional_table and not known):
+                return
+            problems.append(f"{key}: unknown {what} {name!r}; known: {', '.join(sorted(known)) or 'none configured'}")
+
+        for name, ep in self.endpoints.items():
+            check(f"endpoints.{name}.facility", ep.facility, self.facilities, "facility", optional_table=True)
         for name, bl in self.beamlines.items():
-            if bl.endpoint not in self.endpoints:
-                raise ValueError(f"beamlines.{name}.endpoint: unknown endpoint {bl.endpoint!r}; known: {sorted(self.endpoints)}")
+            check(f"beamlines.{name}.facility", bl.facility, self.facilities, "facility", optional_table=True)
+            check(f"beamlines.{name}.endpoint", bl.endpoint, self.endpoints, "endpoint")
+            if bl.account is not None and not ACCOUNT_RE.match(bl.account):
+                problems.append(f"beamlines.{name}.account: {bl.account!r} must be 'project' or 'project::suballocation'")
+            else:  # an unlisted account would refuse every job of the beamline at submit time (jobs.submit)
+                check(f"beamlines.{name}.account", bl.account, self.accounts, "account", optional_table=True)
         for name, site in self.sites.items():
-            if site.scratch_endpoint not in self.endpoints:
-                raise ValueError(
-                    f"sites.{name}.scratch_endpoint: unknown endpoint {site.scratch_endpoint!r}; known: {sorted(self.endpoints)}"
-                )
+            check(f"sites.{name}.scratch_endpoint", site.scratch_endpoint, self.endpoints, "endpoint")
+        if problems:
+            raise ValueError("\n".join(problems))
         return self
 
     @property
@@ -184,6 +211,11 @@ def _format_errors(source: str, err: ValidationError) -> str:
             msg = "unknown key; check its spelling against docs/config.md"
         elif e["type"] == "literal_error" and "expected" in e.get("ctx", {}):
             msg = f"got {e['input']!r}; allowed: {e['ctx']['expected']}"
+        elif e["type"] == "value_error":
+            msg = msg.removeprefix("Value error, ")
+            if not e["loc"]:  # the cross-reference check: each line already starts with its key
+                lines += [f"{source}: {line}" for line in msg.splitlines()]
+                continue
         lines.append(f"{source}: {key}: {msg}")
     return "invalid config\n" + "\n".join(lines)
 
@@ -229,7 +261,8 @@ def redacted(settings: Settings) -> dict:
         if sa and sa.get("client_secret"):
             sa["client_secret"] = "***"
     if settings.store_url and "@" in settings.store_url:
-        data["store_url"] = re.sub(r"://([^:/@]+):[^@]*@", r"://\1:***@", settings.store_url)
+        # greedy up to the last '@': a password holding an unescaped '@' must not leak its tail
+        data["store_url"] = re.sub(r"://([^:/@]*):.*@", r"://\1:***@", settings.store_url)
     return data
 
 

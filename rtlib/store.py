@@ -172,6 +172,9 @@ class JobSpec:
     max_attempts: int = 3
 
 
+_SCHEMA_LOCK_KEY = 0x72746C6962  # "rtlib": the PostgreSQL advisory lock held while creating tables
+
+
 def _sqlite_pragmas(dbapi_conn, _record) -> None:
     cur = dbapi_conn.cursor()
     cur.execute("PRAGMA journal_mode=WAL")
@@ -197,10 +200,21 @@ class JobStore:
         self.engine = sa.create_engine(url, **kwargs)
         if url.startswith("sqlite"):
             sa_event.listen(self.engine, "connect", _sqlite_pragmas)
-        metadata.create_all(self.engine)
+        self._create_schema()
 
     def __repr__(self) -> str:
         return f"JobStore({_redact_url(self.url)!r})"
+
+    def _create_schema(self) -> None:
+        # Agents, the CLI and the Jupyter server may open a fresh database at the same
+        # moment: without a lock, all but one die on "table jobs already exists".
+        with self.engine.connect() as conn:
+            if conn.dialect.name == "sqlite":
+                conn.exec_driver_sql("BEGIN IMMEDIATE")  # the write lock; others wait (busy_timeout)
+            elif conn.dialect.name == "postgresql":
+                conn.execute(sa.text("SELECT pg_advisory_xact_lock(:key)"), {"key": _SCHEMA_LOCK_KEY})
+            metadata.create_all(conn)
+            conn.commit()
 
     def close(self) -> None:
         self.engine.dispose()
