@@ -305,6 +305,13 @@ def demo(
         raise typer.Exit(1)
 
 
+from .cli_transfer import login as _login_cmd  # noqa: E402  (commands defined in their own module)
+from .cli_transfer import transfer as _transfer_cmd  # noqa: E402
+
+app.command("transfer")(_transfer_cmd)
+app.command("login")(_login_cmd)
+
+
 def main() -> None:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     import distributed  # noqa: F401  (it configures its loggers on import; quiet them after)

@@ -19,6 +19,7 @@ from rtlib.transfer.checksum import file_checksum
 from rtlib.transfer.factory import make_transfer_backend
 from rtlib.transfer.faults import Fault, FaultInjector
 from rtlib.transfer.local import LocalTransferBackend, is_temporary
+from rtlib.transfer.routing import RoutingTransferBackend
 from rtlib.transfer.shaping import TokenBucket
 
 
@@ -346,5 +347,6 @@ def test_factory_builds_local_backend(tmp_path):
     assert make_transfer_backend(settings, retries=2).retries == 2 and make_transfer_backend(settings).link is None
 
     raw["endpoints"]["remote"] = {"kind": "globus", "collection_id": "00000000-0000-0000-0000-000000000000"}
-    with pytest.raises(ConfigError, match="remote.*Globus transfer backend is not installed"):
-        make_transfer_backend(cfg.validate(raw))
+    routed = make_transfer_backend(cfg.validate(raw))
+    assert isinstance(routed, RoutingTransferBackend) and isinstance(routed.local, LocalTransferBackend)
+    assert routed.backend_for("aps", "alcf") is routed.local
