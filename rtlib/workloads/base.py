@@ -46,30 +46,32 @@ class Workload:
         return self.params_model.model_json_schema()
 
 
-_cache: dict[str, Workload] = {}
+_loaded: dict[str, Workload] = {}
 
 
-def _discover() -> dict[str, Workload]:
-    if not _cache:
-        for ep in entry_points(group="rtlib.workloads"):
-            wl = ep.load()
-            if not isinstance(wl, Workload):
-                raise TypeError(f"entry point {ep.name!r} ({ep.value}) is not an rtlib Workload")
-            _cache[ep.name] = wl
-    return _cache
+def _entry_points() -> dict:
+    return {ep.name: ep for ep in entry_points(group="rtlib.workloads")}
 
 
 def workload_names() -> list[str]:
-    return sorted(_discover())
+    return sorted(_entry_points())
 
 
 def get_workload(name: str) -> Workload:
+    """Load one plug-in by name, so a broken third-party plug-in cannot take the others down."""
+    if name in _loaded:
+        return _loaded[name]
+    ep = _entry_points().get(name)
+    if ep is None:
+        raise UnknownWorkload(f"unknown workload {name!r}; installed workloads: {', '.join(workload_names()) or 'none'}")
     try:
-        return _discover()[name]
-    except KeyError:
-        raise UnknownWorkload(
-            f"unknown workload {name!r}; installed workloads: {', '.join(workload_names()) or 'none'}"
-        ) from None
+        wl = ep.load()
+    except Exception as err:
+        raise UnknownWorkload(f"workload {name!r} ({ep.value}) failed to load: {type(err).__name__}: {err}") from err
+    if not isinstance(wl, Workload):
+        raise UnknownWorkload(f"entry point {name!r} ({ep.value}) is not an rtlib Workload")
+    _loaded[name] = wl
+    return wl
 
 
 def validate_params(workload: Workload, params: dict[str, Any]) -> BaseModel:
