@@ -1,0 +1,86 @@
+"""`rtlib xpcs analyze` and `rtlib synth xpcs`: the XPCS workload on one file, without a job store.
+
+Wired into the `rtlib` command by ``cli.py``; errors are rtlib errors, which
+``cli.main`` prints as one line with exit status 2.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+
+console = Console()
+
+xpcs_app = typer.Typer(help="X-ray photon correlation spectroscopy on one detector file.", no_args_is_help=True)
+
+
+@xpcs_app.command("analyze")
+def analyze(
+    raw: Path = typer.Argument(..., help="detector HDF5 file (frames at /entry/data/data)"),
+    output: Path = typer.Option(..., "--output", "-o", help="result HDF5 file to write (APS 8-ID-I layout)"),
+    qmap: Optional[Path] = typer.Option(None, "--qmap", help="q-map HDF5 (APS mask-tool layout); default: computed from the geometry"),
+    mode: str = typer.Option("multitau", help="multitau, twotime or both"),
+    frames_per_chunk: int = typer.Option(64, help="frames read at a time"),
+    delays_per_level: int = typer.Option(16, help="multi-tau buffers per level (even)"),
+    normalization: str = typer.Option("static", help="g2 normalisation: static, pixel or roi"),
+    num_dynamic_q_bins: int = typer.Option(10, help="dynamic q bins when no q-map is given"),
+    frame_time_s: Optional[float] = typer.Option(None, help="seconds between frames (default: from the file)"),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="print only the summary"),
+):
+    """Multi-tau g2 (and/or two-time) with τ(q) fits, written to OUTPUT."""
+    from .workloads.xpcs import workload
+
+    params = {"mode": mode, "frames_per_chunk": frames_per_chunk, "delays_per_level": delays_per_level,
+              "g2_normalization": normalization, "num_dynamic_q_bins": num_dynamic_q_bins, "frame_time_s": frame_time_s}
+    inputs = [raw]
+    if qmap is not None:
+        params["qmap_file"] = str(qmap)
+        inputs.append(qmap)
+    validated = workload.validate(params)
+
+    def report(fraction: float, message: str) -> None:
+        if not quiet:
+            console.print(f"{fraction:6.1%}  {message}", highlight=False)
+
+    output = output.expanduser()
+    output.parent.mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
+    # The workload writes into an empty directory; the result is moved to OUTPUT only once complete.
+    with tempfile.TemporaryDirectory(dir=output.parent, prefix=".xpcs-") as scratch:
+        summary = workload.run(validated, inputs, Path(scratch), report)
+        shutil.move(str(Path(scratch) / "xpcs.h5"), str(output) + ".partial")
+        os.replace(str(output) + ".partial", output)
+    summary["wall_s"] = round(time.perf_counter() - started, 3)
+    summary["output"] = str(output)
+    console.print_json(json.dumps(summary, default=str))
+
+
+def synth_xpcs(
+    path: Path = typer.Argument(..., help="HDF5 detector file to write"),
+    frames: int = typer.Option(1000), height_px: int = typer.Option(128), width_px: int = typer.Option(128),
+    frame_time_s: float = typer.Option(1e-3), num_q_rings: int = typer.Option(6),
+    tau_min_s: float = typer.Option(0.004, help="relaxation time of the outermost ring"),
+    tau_max_s: float = typer.Option(0.05, help="relaxation time of the innermost ring"),
+    beta: float = typer.Option(0.2, help="speckle contrast"),
+    mean_counts: float = typer.Option(2.0, help="photons per pixel per frame in the innermost ring"),
+    seed: int = typer.Option(0),
+    compression: Optional[str] = typer.Option(None, help="gzip, lz4 or bslz4"),
+    qmap: Optional[Path] = typer.Option(None, "--qmap", help="also write the rings as a q-map file here"),
+):
+    """Speckle with a known relaxation time per q ring and Poisson counts (XPCS ground truth)."""
+    from .synth.xpcs import write_xpcs_file
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    truth = write_xpcs_file(path, frames=frames, height=height_px, width=width_px, frame_time_s=frame_time_s,
+                            num_q_rings=num_q_rings, tau_min_s=tau_min_s, tau_max_s=tau_max_s, beta=beta,
+                            mean_counts=mean_counts, seed=seed, compression=compression, qmap_path=qmap)
+    console.print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB, {frames} frames)")
+    console.print_json(json.dumps(truth, default=str))
