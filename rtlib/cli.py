@@ -272,7 +272,7 @@ def run(
 def demo(
     jobs: int = typer.Option(12, "--jobs", "-n", help="number of datasets (round robin over aps, als, nsls2)"),
     link_mbps: Optional[float] = typer.Option(276.0, help="shape the link to this many Mbps (0: unshaped); 276 is the published 48-hour average"),
-    workload: str = typer.Option("saxs"),
+    workload: str = typer.Option("xpcs", help="xpcs (the published campaign's workload), saxs, or noop"),
     size_mb: float = typer.Option(4.0, help="size of each synthetic dataset in MB"),
     workspace: Optional[Path] = typer.Option(None, "--workspace", "-w", help="where to build the demo (default: a new temporary directory)"),
 ):

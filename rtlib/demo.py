@@ -32,18 +32,29 @@ class DemoResult:
         return self.by_state.get(State.DONE.value, 0) == self.jobs and not self.failures
 
 
-def produce_data(settings: Settings, n_jobs: int, size_mb: float, seed: int = 0) -> list[tuple[str, str]]:
-    """Write one detector file per job at the beamline endpoints, round robin. Returns (endpoint, path)."""
+def _write_dataset(workload: str, path: Path, size_mb: float, seed: int) -> None:
+    """One synthetic dataset of about size_mb for the workload: speckle for xpcs, else a SAXS pattern."""
     from .synth.detector import frames_for_size, write_detector_file
 
+    if workload == "xpcs":
+        from .synth.xpcs import write_xpcs_file
+
+        frames = max(64, frames_for_size(int(size_mb * 1e6), 128, 128, "uint16"))
+        write_xpcs_file(path, frames=frames, height=128, width=128, seed=seed)
+    else:
+        frames = max(2, frames_for_size(int(size_mb * 1e6), 256, 256, "uint16"))
+        write_detector_file(path, frames=frames, height=256, width=256, seed=seed)
+
+
+def produce_data(settings: Settings, n_jobs: int, size_mb: float, seed: int = 0, workload: str = "xpcs") -> list[tuple[str, str]]:
+    """Write one dataset per job at the beamline endpoints, round robin. Returns (endpoint, path)."""
     made = []
-    frames = max(2, frames_for_size(int(size_mb * 1e6), 256, 256, "uint16"))
     for i in range(n_jobs):
         ep = DEFAULT_BEAMLINE_ENDPOINTS[i % len(DEFAULT_BEAMLINE_ENDPOINTS)]
         rel = f"raw/scan-{i:04d}.h5"
         path = Path(settings.endpoint(ep).root) / rel
         path.parent.mkdir(parents=True, exist_ok=True)
-        write_detector_file(path, frames=frames, height=256, width=256, seed=seed + i)
+        _write_dataset(workload, path, size_mb, seed + i)
         made.append((ep, rel))
     return made
 
@@ -67,14 +78,14 @@ def run_demo(
     *,
     n_jobs: int = 12,
     link_mbps: float | None = 276.0,
-    workload: str = "saxs",
+    workload: str = "xpcs",
     size_mb: float = 4.0,
     params: dict | None = None,
     on_tick: Callable | None = None,
 ) -> DemoResult:
     rt = open_runtime(settings, link_mbps=link_mbps)
     try:
-        sources = produce_data(settings, n_jobs, size_mb)
+        sources = produce_data(settings, n_jobs, size_mb, workload=workload)
         ids = [
             jobs.submit(rt.store, settings, workload, source_endpoint=ep, inputs=[rel], params=params or {}, beamline=f"{ep}-demo")
             for ep, rel in sources

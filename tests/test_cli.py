@@ -18,13 +18,19 @@ def rtlib(*args: str, env: dict | None = None, cwd: Path | None = None, timeout:
     return subprocess.run([*RTLIB, *args], capture_output=True, text=True, env=full_env, cwd=cwd, timeout=timeout)
 
 
+def test_demo_saxs(tmp_path):
+    r = rtlib("demo", "--workload", "saxs", "--jobs", "3", "--size-mb", "1", "--link-mbps", "0", "--workspace", str(tmp_path / "demo"))
+    assert r.returncode == 0, r.stderr + r.stdout
+    assert len(list((tmp_path / "demo/endpoints").glob("*/results/saxs/job-*/saxs.h5"))) == 3
+
+
 def test_demo_runs_to_completion(tmp_path):
     r = rtlib("demo", "--jobs", "6", "--size-mb", "1", "--link-mbps", "400", "--workspace", str(tmp_path / "demo"))
     assert r.returncode == 0, r.stderr + r.stdout
     assert "jobs DONE" in r.stdout and "│ 6 " in r.stdout.split("jobs DONE")[1][:30]
     assert "results verified at the beamlines" in r.stdout
     for ep in ("aps", "als", "nsls2"):
-        assert list((tmp_path / "demo/endpoints" / ep / "results/saxs").glob("job-*/saxs.h5")), ep
+        assert list((tmp_path / "demo/endpoints" / ep / "results/xpcs").glob("job-*/xpcs.h5")), ep
 
 
 def test_submit_agent_status_and_failure_reason(tmp_path):
