@@ -25,15 +25,21 @@ from rtlib.compute.local import LocalDaskBackend
 from rtlib.compute.task import run_attempt
 from rtlib.runtime import open_runtime
 from rtlib.synth.detector import frames_for_size, write_detector_file
+from rtlib.synth.xpcs import write_xpcs_file
 
-HEIGHT = WIDTH = 256
+WORKLOAD = "saxs"
 
 
 def make_files(root: Path, n: int, size_mb: float) -> list[str]:
-    frames = frames_for_size(int(size_mb * 1e6), HEIGHT, WIDTH, "uint16")
+    """saxs: 256 x 256 frames with an isotropic pattern; xpcs: 128 x 128 speckle (many frames per MB)."""
+    side = 128 if WORKLOAD == "xpcs" else 256
+    frames = frames_for_size(int(size_mb * 1e6), side, side, "uint16")
     first = root / "raw/scan-0000.h5"
     first.parent.mkdir(parents=True, exist_ok=True)
-    write_detector_file(first, frames=frames, height=HEIGHT, width=WIDTH, seed=0)
+    if WORKLOAD == "xpcs":
+        write_xpcs_file(first, frames=frames, height=side, width=side, seed=0)
+    else:
+        write_detector_file(first, frames=frames, height=side, width=side, seed=0)
     rels = ["raw/scan-0000.h5"]
     for i in range(1, n):  # identical content is fine: nothing dedups by content
         rel = f"raw/scan-{i:04d}.h5"
@@ -44,10 +50,10 @@ def make_files(root: Path, n: int, size_mb: float) -> list[str]:
 
 def compute_capacity_mbps(compute: LocalDaskBackend, files: list[Path], scratch: Path) -> float:
     """Input Mbps the cluster analyses with no transfers, after a warm-up task per worker (imports, page cache)."""
-    warm = [compute.submit(run_attempt, "saxs", {}, [str(files[0])], str(scratch / f"warm-{i}"), key=f"warm-{i}") for i in range(compute.slots)]
+    warm = [compute.submit(run_attempt, WORKLOAD, {}, [str(files[0])], str(scratch / f"warm-{i}"), key=f"warm-{i}") for i in range(compute.slots)]
     compute.client.gather(warm)
     t0 = time.perf_counter()
-    futs = [compute.submit(run_attempt, "saxs", {}, [str(f)], str(scratch / f"cap-{i}"), key=f"cap-{i}") for i, f in enumerate(files)]
+    futs = [compute.submit(run_attempt, WORKLOAD, {}, [str(f)], str(scratch / f"cap-{i}"), key=f"cap-{i}") for i, f in enumerate(files)]
     compute.client.gather(futs)
     elapsed = time.perf_counter() - t0
     return sum(f.stat().st_size for f in files) * 8 / elapsed / 1e6
@@ -83,7 +89,7 @@ def run_pipeline(ws: Path, compute: LocalDaskBackend, rels_src: Path, rels: list
     rt = open_runtime(settings, link_mbps=link_mbps)
     rt.compute = compute
     try:
-        ids = [jobs.submit(rt.store, settings, "saxs", source_endpoint="aps", inputs=[rel]) for rel in rels]
+        ids = [jobs.submit(rt.store, settings, WORKLOAD, source_endpoint="aps", inputs=[rel]) for rel in rels]
         t0 = time.perf_counter()
         rt.agent("local").run(until_idle=True)
         elapsed = time.perf_counter() - t0
@@ -101,7 +107,11 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=20.0, help="aim for about this much link time per rate")
     ap.add_argument("--links", default="276,1000", help="comma-separated link rates in Mbps")
     ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--workload", choices=["saxs", "xpcs"], default="saxs",
+                    help="saxs: compute far above the link (link-bound); xpcs: compute near the link (tests the overlap)")
     args = ap.parse_args()
+    global WORKLOAD
+    WORKLOAD = args.workload
     rows, figures = [], {"size_mb": args.size_mb, "workers": args.workers, "runs": []}
     with tempfile.TemporaryDirectory(prefix="rtlib-bench-") as tmp:
         tmp = Path(tmp)
@@ -143,7 +153,8 @@ def main() -> None:
         "|---|---|---|---|---|---|---|---|---|---|---|",
         *rows,
     ])
-    write_result("pipeline", "Pipeline efficiency with a shaped link (saxs workload)", figures, table)
+    name = "pipeline" if WORKLOAD == "saxs" else f"pipeline_{WORKLOAD}"
+    write_result(name, f"Pipeline efficiency with a shaped link ({WORKLOAD} workload)", figures, table)
     print(table)
 
 
