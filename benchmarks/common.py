@@ -30,7 +30,7 @@ def machine() -> dict:
     return {"cpu": cpu, "cores": os.cpu_count(), "memory_gib": mem_gb, "python": platform.python_version(), "system": platform.platform()}
 
 
-def write_result(name: str, title: str, figures: dict, table_md: str) -> Path:
+def write_result(name: str, title: str, figures: dict, table_md: str, *, command: str | None = None, notes: str = "") -> Path:
     """Save one benchmark's JSON and regenerate docs/benchmarks.md from every saved result."""
     RESULTS.mkdir(parents=True, exist_ok=True)
     record = {
@@ -40,6 +40,8 @@ def write_result(name: str, title: str, figures: dict, table_md: str) -> Path:
         "machine": machine(),
         "figures": figures,
         "table_md": table_md,
+        "command": command or f"python benchmarks/{name}.py",
+        "notes": notes,
     }
     path = RESULTS / f"{name}.json"
     path.write_text(json.dumps(record, indent=2, default=str))
@@ -57,8 +59,11 @@ def render_doc() -> None:
         r = json.loads(path.read_text())
         m = r["machine"]
         parts.append(f"## {r['title']}\n")
+        command = r.get("command") or f"python benchmarks/{r['name']}.py"
         parts.append(f"Measured {r['date']} on {m['cpu']} ({m['cores']} cores, {m['memory_gib']} GiB), Python {m['python']}. "
-                     f"Command: `python benchmarks/{r['name']}.py`.\n")
+                     f"Command: `{command}`.\n")
         parts.append(r["table_md"].rstrip() + "\n")
+        if r.get("notes"):
+            parts.append(r["notes"].rstrip() + "\n")
     DOC.parent.mkdir(parents=True, exist_ok=True)
     DOC.write_text("\n".join(parts))
