@@ -132,6 +132,7 @@ def agent(
     link_mbps: Optional[float] = typer.Option(None, help="shape every copy to this many megabits per second"),
     faults: Optional[str] = typer.Option(None, help="inject transfer faults, e.g. fail=0.2,corrupt=0.1,seed=1 (also $RTLIB_FAULTS)"),
     progress: Optional[bool] = typer.Option(None, "--progress/--no-progress", help="live status line (default: when stderr is a terminal)"),
+    max_jobs: int = typer.Option(256, help="most jobs this agent leases at once (several agents share a site's jobs)"),
     config: Optional[Path] = ConfigOpt, workspace: Optional[Path] = WorkspaceOpt,
 ):
     """Run the site agent: stage in, analyse, stage out, with leases so a restart resumes."""
@@ -140,7 +141,7 @@ def agent(
     settings = _settings(config, workspace)
     rt = open_runtime(settings, link_mbps=link_mbps, faults=faults)
     try:
-        ag = rt.agent(site)
+        ag = rt.agent(site, max_leased=max_jobs)
         err_console.print(f"agent {ag.agent_id} on site {site!r}, store {rt.store!r}")
         with _live_status(progress if progress is not None else sys.stderr.isatty()) as tick:
             ag.run(until_idle=until_idle, max_seconds=max_seconds, on_tick=tick)

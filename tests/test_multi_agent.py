@@ -1,0 +1,63 @@
+"""Two agent processes on one PostgreSQL store share a site's jobs and never make the same step twice."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from rtlib import config as cfg
+from rtlib import jobs
+from rtlib.store import JobStore
+
+from helpers import assert_results_home
+
+pytestmark = pytest.mark.postgres
+
+
+def _site_toml(ws: Path, store_url: str) -> str:
+    eps = "\n".join(f'[endpoints.{n}]\nkind = "local"\nroot = "{ws / "endpoints" / n}"\n' for n in ("aps", "als", "nsls2", "alcf"))
+    return f'workspace = "{ws}"\nstore_url = "{store_url}"\n{eps}\n[sites.local]\nscratch_endpoint = "alcf"\nworkers = 1\n[agent]\npoll_s = 0.02\nlease_s = 10\n'
+
+
+def test_two_agents_one_postgres_store(tmp_path, postgres_server):
+    url = postgres_server.create_database("two_agents")
+    ws = tmp_path / "ws"
+    site = tmp_path / "site.toml"
+    site.write_text(_site_toml(ws, url))
+    settings = cfg.load(site)
+    cfg.ensure_workspace(settings)
+    store = JobStore(url)
+    ids = []
+    for i, ep in enumerate(["aps", "als", "nsls2"] * 8):
+        root = Path(settings.endpoints[ep].root) / "raw"
+        root.mkdir(parents=True, exist_ok=True)
+        (root / f"d{i}.dat").write_bytes(os.urandom(50_000))
+        ids.append(jobs.submit(store, settings, "noop", source_endpoint=ep, inputs=[f"raw/d{i}.dat"], params={"sleep_s": 0.2}))
+    cmd = [sys.executable, "-m", "rtlib.cli", "agent", "--until-idle", "--max-jobs", "4", "--config", str(site)]
+    agents = [subprocess.Popen(cmd, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE) for _ in range(2)]
+    try:
+        for a in agents:
+            a.wait(timeout=240)
+    finally:
+        for a in agents:
+            if a.poll() is None:
+                os.killpg(a.pid, signal.SIGKILL)
+                a.wait()
+    assert [a.returncode for a in agents] == [0, 0], [a.stderr.read().decode()[-2000:] for a in agents]
+
+    final = store.list_jobs(ids=ids)
+    assert all(j.state.value == "DONE" for j in final), [(j.id, j.state, j.error) for j in final]
+    events = store.events()
+    steps = Counter((e.job_id, e.to_state) for e in events)
+    assert all(n == 1 for n in steps.values()), [k for k, n in steps.items() if n > 1]
+    owners = Counter(e.agent for e in events if e.to_state == "RUN_DONE")
+    assert len(owners) == 2 and min(owners.values()) >= 3, owners  # both agents did real work
+    assert_results_home(settings, store)
+    store.close()
+    postgres_server.drop_database("two_agents")
