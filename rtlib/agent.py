@@ -35,6 +35,8 @@ from pathlib import Path, PurePosixPath
 from typing import Any, Callable
 
 from . import layout
+from sqlalchemy import exc as sa_exc
+
 from .compute.base import ComputeBackend
 from .compute.task import SUMMARY_FILE, read_progress, run_attempt
 from .config import Settings
@@ -130,9 +132,18 @@ class Agent:
         """Advance jobs until stopped, until `max_seconds`, or (until_idle) until no active job is left."""
         deadline = time.monotonic() + max_seconds if max_seconds else None
         last_tick = 0.0
+        store_backoff_s = 0.5
         try:
             while not self._stop.is_set():
-                busy = self.step()
+                try:
+                    busy = self.step()
+                    store_backoff_s = 0.5
+                except sa_exc.DBAPIError as err:  # the store restarted or the network dropped
+                    log.warning("job store unreachable (%s); retrying in %.1f s", type(err.orig or err).__name__, store_backoff_s)
+                    self._reset()
+                    time.sleep(store_backoff_s)
+                    store_backoff_s = min(store_backoff_s * 2, 10.0)
+                    continue
                 now = time.monotonic()
                 if on_tick and now - last_tick >= tick_s:
                     on_tick(self)
@@ -150,7 +161,21 @@ class Agent:
 
     def close(self) -> None:
         self.pool.shutdown(wait=True, cancel_futures=True)
-        self.store.release(self.agent_id)
+        try:
+            self.store.release(self.agent_id)
+        except sa_exc.DBAPIError:
+            log.warning("could not release leases (store unreachable); they expire after %s s", self.opts.lease_s)
+
+    def _reset(self) -> None:
+        """Forget every job after a store error: the store is the truth, and the next claim re-adopts them.
+
+        Running analyses are abandoned (their attempts count as lost); copies in flight finish and
+        their outcomes are recorded, but no job advances on them until it is re-adopted.
+        """
+        for job_id in list(self.jobs):
+            self._forget(job_id)
+        self.item_job.clear()
+        self._last_claim = 0.0
 
     def _break_dead_local_leases(self) -> None:
         """Free at once the jobs of an agent on this host whose process is gone (kill -9, reboot)."""
@@ -174,7 +199,8 @@ class Agent:
         if len(self.jobs) < self.max_leased and now - self._last_claim > 0.5:
             self._last_claim = now
             for job in self.store.claim(
-                self.agent_id, site=self.site_name, lease_s=self.opts.lease_s, limit=self.max_leased - len(self.jobs)
+                self.agent_id, site=self.site_name, lease_s=self.opts.lease_s, limit=self.max_leased - len(self.jobs),
+                reclaim_own=not self.jobs,  # holding nothing in memory: any job leased to us is ours to resume
             ):
                 self._adopt(job)
                 busy = True

@@ -338,10 +338,18 @@ class JobStore:
             return conn.execute(jobs_t.update().where(*cond).values(updated_at=time.time(), **fields)).rowcount == 1
 
     # -- leases -----------------------------------------------------------
-    def claim(self, owner: str, *, site: str, lease_s: float, limit: int, states: Iterable[State] = ACTIVE) -> list[Job]:
-        """Lease up to `limit` unleased (or expired) active jobs of a site, highest priority first."""
+    def claim(
+        self, owner: str, *, site: str, lease_s: float, limit: int, states: Iterable[State] = ACTIVE, reclaim_own: bool = False
+    ) -> list[Job]:
+        """Lease up to `limit` unleased (or expired) active jobs of a site, highest priority first.
+
+        `reclaim_own`: also take the jobs `owner` already leases (an agent that forgot its jobs
+        after a store error takes them back this way).
+        """
         now = time.time()
         free = sa.or_(jobs_t.c.lease_owner.is_(None), jobs_t.c.lease_expires < now)
+        if reclaim_own:
+            free = sa.or_(free, jobs_t.c.lease_owner == owner)
         q = (
             sa.select(jobs_t.c.id)
             .where(jobs_t.c.site == site, jobs_t.c.state.in_([State(s).value for s in states]), free)

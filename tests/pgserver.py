@@ -142,9 +142,10 @@ class PostgresServer:
             self.stop()
             raise
 
-    def restart(self) -> None:
-        """Stop the server (dropping every connection) and start it again on the same port."""
+    def restart(self, down_s: float = 0.0) -> None:
+        """Stop the server (dropping every connection), stay down `down_s` seconds, start it on the same port."""
         self._pg("pg_ctl", "stop", "-D", str(self.datadir), "-m", "fast", "-w")
+        time.sleep(down_s)
         self._start_server()
 
     def stop(self) -> None:

@@ -61,3 +61,45 @@ def test_two_agents_one_postgres_store(tmp_path, postgres_server):
     assert_results_home(settings, store)
     store.close()
     postgres_server.drop_database("two_agents")
+
+
+def test_agent_survives_postgres_restart(tmp_path, postgres_server, caplog):
+    """The store restarts under load: the agent backs off, re-adopts its jobs, and finishes each exactly once."""
+    import threading
+    import time
+
+    from rtlib.compute.local import LocalDaskBackend
+    from rtlib.runtime import open_runtime
+
+    from helpers import make_settings, produce
+
+    caplog.set_level("WARNING", logger="rtlib.agent")
+    url = postgres_server.create_database("restart_under_load")
+    settings = make_settings(tmp_path / "ws", url)
+    rt = open_runtime(settings)
+    rt.compute = LocalDaskBackend(workers=2)
+    rt.compute.start()
+    try:
+        ids = [jobs.submit(rt.store, settings, "noop", source_endpoint=ep, inputs=[rel], params={"sleep_s": 0.3})
+               for ep, rel in produce(settings, 12)]
+        agent = rt.agent("local")
+        runner = threading.Thread(target=agent.run, kwargs={"until_idle": True, "max_seconds": 180})
+        runner.start()
+        deadline = time.monotonic() + 60
+        while not rt.store.list_jobs(states=["DONE"]) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert rt.store.list_jobs(states=["DONE"]), "some jobs must finish before the restart"
+        postgres_server.restart(down_s=2.0)  # longer than the agent's poll, claim and sync intervals
+        runner.join(200)
+        assert not runner.is_alive()
+        assert "job store unreachable" in caplog.text, "the restart must have been felt by the agent"
+        final = rt.store.list_jobs(ids=ids)
+        assert all(j.state.value == "DONE" for j in final), [(j.id, j.state, j.error) for j in final]
+        events = rt.store.events()
+        for to_state in ("RUN_DONE", "DONE"):
+            per_job = Counter(e.job_id for e in events if e.to_state == to_state)
+            assert all(per_job[i] == 1 for i in ids), (to_state, per_job)
+        assert_results_home(settings, rt.store)
+    finally:
+        rt.close()
+        postgres_server.drop_database("restart_under_load")
