@@ -9,6 +9,7 @@ finds each job exactly where the last committed step left it.
 from __future__ import annotations
 
 import json
+import sqlite3
 import time
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Sequence
@@ -177,9 +178,18 @@ _SCHEMA_LOCK_KEY = 0x72746C6962  # "rtlib": the PostgreSQL advisory lock held wh
 
 def _sqlite_pragmas(dbapi_conn, _record) -> None:
     cur = dbapi_conn.cursor()
-    cur.execute("PRAGMA journal_mode=WAL")
-    cur.execute("PRAGMA synchronous=NORMAL")
     cur.execute("PRAGMA busy_timeout=30000")
+    # Switching a fresh file to WAL can answer "database is locked" at once, without waiting
+    # for the busy timeout, while another process does the same: retry for a while.
+    for attempt in range(100):
+        try:
+            cur.execute("PRAGMA journal_mode=WAL")
+            break
+        except sqlite3.OperationalError as err:
+            if "locked" not in str(err) or attempt == 99:
+                raise
+            time.sleep(0.02)
+    cur.execute("PRAGMA synchronous=NORMAL")
     cur.close()
 
 
