@@ -18,6 +18,7 @@ RUNS = {
     "batching": ["batching.py"],
     "xpcs": ["xpcs.py"],
     "xpcs_campaign": ["xpcs_campaign.py"],
+    "soak": ["soak.py"],
 }
 
 

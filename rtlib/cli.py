@@ -133,13 +133,14 @@ def agent(
     faults: Optional[str] = typer.Option(None, help="inject transfer faults, e.g. fail=0.2,corrupt=0.1,seed=1 (also $RTLIB_FAULTS)"),
     progress: Optional[bool] = typer.Option(None, "--progress/--no-progress", help="live status line (default: when stderr is a terminal)"),
     max_jobs: int = typer.Option(256, help="most jobs this agent leases at once (several agents share a site's jobs)"),
+    store_wait_s: float = typer.Option(300.0, help="at start, wait this long for an unreachable job store"),
     config: Optional[Path] = ConfigOpt, workspace: Optional[Path] = WorkspaceOpt,
 ):
     """Run the site agent: stage in, analyse, stage out, with leases so a restart resumes."""
     from .runtime import open_runtime
 
     settings = _settings(config, workspace)
-    rt = open_runtime(settings, link_mbps=link_mbps, faults=faults)
+    rt = open_runtime(settings, link_mbps=link_mbps, faults=faults, store_wait_s=store_wait_s)
     try:
         ag = rt.agent(site, max_leased=max_jobs)
         err_console.print(f"agent {ag.agent_id} on site {site!r}, store {rt.store!r}")
@@ -267,6 +268,51 @@ def run(
     result = run_notebook(workload, values.pop("input_path"), values.pop("output_path"), values, kernel_name=kernel)
     console.print(f"executed notebook: {result.notebook}")
     console.print_json(json.dumps(result.summary, default=str))
+
+
+@app.command()
+def soak(
+    duration_s: float = typer.Option(60.0, help="seconds of data production; then the queue drains"),
+    dataset_interval_s: float = typer.Option(1.0, help="seconds between datasets at each of the three endpoints"),
+    link_mbps: Optional[float] = typer.Option(276.0, help="shaped link rate (0: unshaped)"),
+    fail_rate: float = typer.Option(0.05, help="share of copy attempts that fail"),
+    corrupt_rate: float = typer.Option(0.05, help="share of copy attempts that arrive corrupted"),
+    kill_every_s: float = typer.Option(20.0, help="mean seconds between agent SIGKILLs (0: never)"),
+    preempt_every_s: float = typer.Option(15.0, help="mean seconds between dask worker kills (0: never)"),
+    malformed: float = typer.Option(0.05, help="share of datasets written truncated"),
+    no_faults: bool = typer.Option(False, "--no-faults", help="the same campaign with no fault at all (the baseline)"),
+    seed: int = typer.Option(0),
+    json_out: Optional[Path] = typer.Option(None, "--json", help="also write the verdict as JSON here"),
+    workspace: Optional[Path] = typer.Option(None, "--workspace", "-w", help="default: a new temporary directory"),
+):
+    """A compressed campaign under faults; prints the verdict and exits non-zero if it is not clean."""
+    from .soak import SoakPlan, run_soak
+
+    ws = workspace or Path(tempfile.mkdtemp(prefix="rtlib-soak-"))
+    plan = SoakPlan(duration_s=duration_s, dataset_interval_s=dataset_interval_s, link_mbps=link_mbps or None,
+                    transfer_fail_rate=fail_rate, transfer_corrupt_rate=corrupt_rate, agent_kill_every_s=kill_every_s or None,
+                    preempt_every_s=preempt_every_s or None, malformed_fraction=malformed, seed=seed)
+    if no_faults:
+        plan = plan.without_faults()
+    console.print(f"workspace: {ws}")
+    verdict = run_soak(cfg.validate(cfg.default_config(ws)), plan)
+    t = Table("figure", "value", title="rtlib soak verdict")
+    for name in ("datasets", "done", "failed_as_expected", "wall_s", "input_mbps"):
+        value = getattr(verdict, name)
+        t.add_row(name, f"{value:.1f}" if isinstance(value, float) else str(value))
+    for name in ("unexpected_failures", "malformed_not_failed", "stuck", "duplicated_steps", "bad_results"):
+        t.add_row(name, str(len(getattr(verdict, name))))
+    t.add_row("faults injected", ", ".join(f"{k} {v}" for k, v in verdict.injected.items()) or "none")
+    t.add_row("agent RSS MB (settled, last)", " -> ".join(map(str, verdict.agent_rss_mb)))
+    t.add_row("agent open fds (settled, last)", " -> ".join(map(str, verdict.agent_fds)))
+    t.add_row("not exercised", "; ".join(verdict.not_exercised))
+    t.add_row("verdict", "[green]clean[/]" if verdict.ok else "[red]NOT clean[/]")
+    console.print(t)
+    if json_out:
+        json_out.write_text(verdict.to_json())
+    if not verdict.ok:
+        err_console.print_json(verdict.to_json())
+        raise typer.Exit(1)
 
 
 @app.command()

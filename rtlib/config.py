@@ -237,10 +237,17 @@ def config_path(explicit: Path | str | None = None) -> Path | None:
 
 
 def load(path: Path | str | None = None, *, workspace: Path | str | None = None) -> Settings:
-    """Load the effective config: the file if one is found, else the embedded default."""
+    """Load the effective config: the file if one is found, else the embedded default.
+
+    ``$RTLIB_STORE_URL`` overrides ``store_url`` (keeps a database password out of the file).
+    """
     found = config_path(path)
+    store_url = os.environ.get("RTLIB_STORE_URL")
     if found is None:
-        return validate(default_config(workspace))
+        raw = default_config(workspace)
+        if store_url:
+            raw["store_url"] = store_url
+        return validate(raw)
     try:
         raw = tomllib.loads(found.read_text())
     except FileNotFoundError:
@@ -250,6 +257,8 @@ def load(path: Path | str | None = None, *, workspace: Path | str | None = None)
     if workspace is not None:
         raw["workspace"] = str(workspace)
     raw.setdefault("workspace", default_config()["workspace"])
+    if store_url:
+        raw["store_url"] = store_url
     return validate(raw, str(found))
 
 

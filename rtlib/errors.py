@@ -49,6 +49,10 @@ class ChecksumMismatch(TransferError):
     """The copy's checksum differs from the source's: the copy was discarded."""
 
 
+class ComputeStartError(RtlibError):
+    """The compute backend could not start its workers."""
+
+
 class WorkerLost(RtlibError):
     """The compute worker running a job disappeared (preemption, walltime, node failure)."""
 

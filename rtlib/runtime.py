@@ -2,14 +2,22 @@
 
 from __future__ import annotations
 
+import logging
 import os
+import time
 from dataclasses import dataclass
+
+import sqlalchemy as sa
+from sqlalchemy import exc as sa_exc
 
 from .agent import Agent
 from .compute import ComputeBackend, make_backend
 from .config import Settings, ensure_workspace
+from .errors import RtlibError
 from .store import JobStore
 from .transfer.base import TransferBackend
+
+log = logging.getLogger("rtlib.runtime")
 
 
 @dataclass
@@ -33,7 +41,28 @@ class Runtime:
         self.store.close()
 
 
-def open_runtime(settings: Settings, *, link_mbps: float | None = None, faults: str | None = None) -> Runtime:
+def open_store(url: str, *, wait_s: float = 0.0) -> JobStore:
+    """Open the job store, waiting up to `wait_s` seconds for it to become reachable (a database restarting)."""
+    deadline = time.monotonic() + wait_s
+    delay = 0.5
+    while True:
+        try:
+            return JobStore(url)
+        except sa_exc.OperationalError as err:
+            if time.monotonic() + delay > deadline:
+                shown = sa.engine.make_url(url).render_as_string(hide_password=True)
+                raise RtlibError(
+                    f"job store {shown} unreachable{f' for {wait_s:g} s' if wait_s else ''}: {str(err.orig or err).splitlines()[0]}; "
+                    "check that the database is running and the URL is right"
+                ) from None
+            log.warning("job store unreachable (%s); retrying in %.1f s", type(err.orig or err).__name__, delay)
+            time.sleep(delay)
+            delay = min(delay * 2, 10.0)
+
+
+def open_runtime(
+    settings: Settings, *, link_mbps: float | None = None, faults: str | None = None, store_wait_s: float = 0.0
+) -> Runtime:
     """Store + transfer backend (compute starts lazily with the first agent). Faults: RTLIB_FAULTS spec."""
     from .transfer.factory import make_transfer_backend
     from .transfer.faults import FaultInjector
@@ -41,4 +70,5 @@ def open_runtime(settings: Settings, *, link_mbps: float | None = None, faults: 
     ensure_workspace(settings)
     spec = faults if faults is not None else os.environ.get("RTLIB_FAULTS")
     injector = FaultInjector.from_spec(spec) if spec else None
-    return Runtime(settings, JobStore(settings.store), make_transfer_backend(settings, link_mbps=link_mbps, faults=injector))
+    store = open_store(settings.store, wait_s=store_wait_s)
+    return Runtime(settings, store, make_transfer_backend(settings, link_mbps=link_mbps, faults=injector))

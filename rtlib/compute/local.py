@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from typing import Any, Callable
 
 import dask
@@ -14,7 +15,10 @@ try:  # the class moved between distributed releases
 except ImportError:  # pragma: no cover
     from distributed import KilledWorker  # type: ignore
 
+from ..errors import ComputeStartError
 from .base import ComputeBackend
+
+log = logging.getLogger("rtlib.compute")
 
 
 class LocalDaskBackend(ComputeBackend):
@@ -35,15 +39,26 @@ class LocalDaskBackend(ComputeBackend):
         # A worker that dies must surface as a lost attempt at once (the agent owns the retry
         # budget), not be silently rescheduled by dask up to `allowed-failures` times.
         dask.config.set({"distributed.scheduler.allowed-failures": 0})
-        self.cluster = LocalCluster(
-            n_workers=self.workers,
-            threads_per_worker=self.threads_per_worker,
-            processes=self.processes,
-            dashboard_address=None,
-            host="127.0.0.1",
-            silence_logs=logging.ERROR,
-        )
-        self.client = Client(self.cluster)
+        # A worker killed while it starts (a node failing, a loaded machine timing out) fails the
+        # whole cluster start: try again a few times before giving up with the cause.
+        for attempt in range(1, 4):
+            try:
+                self.cluster = LocalCluster(
+                    n_workers=self.workers,
+                    threads_per_worker=self.threads_per_worker,
+                    processes=self.processes,
+                    dashboard_address=None,
+                    host="127.0.0.1",
+                    silence_logs=logging.ERROR,
+                )
+                self.client = Client(self.cluster)
+                return
+            except Exception as err:  # distributed raises RuntimeError / TimeoutError / OSError here
+                self.close()
+                if attempt == 3:
+                    raise ComputeStartError(f"the dask LocalCluster did not start after 3 tries: {type(err).__name__}: {err}") from err
+                log.warning("dask LocalCluster failed to start (%s); trying again", err)
+                time.sleep(1.0 * attempt)
 
     def submit(self, fn: Callable[..., Any], *args: Any, key: str) -> Any:
         assert self.client is not None, "start() the backend first"

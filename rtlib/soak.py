@@ -1,0 +1,290 @@
+"""A compressed multi-day campaign under faults, and its verdict.
+
+Three beamline endpoints produce datasets on a schedule while an agent
+process analyses them over a shaped link; a fault injector meanwhile fails
+and corrupts copies, kills the agent with SIGKILL (and starts it again, as a
+node reboot and a supervisor would), kills dask workers under running
+analyses (preemption), restarts the job store (when a restart function is
+given, e.g. a PostgreSQL server), and writes malformed input files. The
+verdict checks that every dataset was analysed exactly once with its
+results home and verified, or failed with a reason naming its file (the
+malformed ones only), that nothing is stuck, and that the agent's memory and
+open file descriptors stay flat.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from . import jobs, report
+from .config import DEFAULT_BEAMLINE_ENDPOINTS, Settings, ensure_workspace
+from .states import TERMINAL, State
+from .store import JobStore
+from .transfer.checksum import file_checksum
+
+# scaled-down stand-ins for the campaign's mix: (workload, share, size in MB)
+DEFAULT_MIX = (("xpcs", 0.4, 3.0), ("saxs", 0.4, 2.0), ("noop", 0.2, 0.5))
+
+
+@dataclass
+class SoakPlan:
+    duration_s: float = 60.0  # producing time; draining follows
+    dataset_interval_s: float = 1.0  # per endpoint
+    link_mbps: float | None = 276.0
+    transfer_fail_rate: float = 0.05
+    transfer_corrupt_rate: float = 0.05
+    agent_kill_every_s: float | None = 20.0  # mean interval (exponential)
+    preempt_every_s: float | None = 15.0
+    store_restart_every_s: float | None = None  # only with a store_restart function
+    malformed_fraction: float = 0.05
+    stuck_bound_s: float = 180.0  # a job not terminal this long after production stops is stuck
+    seed: int = 0
+    mix: tuple = DEFAULT_MIX
+
+    @property
+    def faults(self) -> str:
+        return f"fail={self.transfer_fail_rate},corrupt={self.transfer_corrupt_rate},seed={self.seed}"
+
+    def without_faults(self) -> "SoakPlan":
+        return SoakPlan(**{**asdict(self), "transfer_fail_rate": 0.0, "transfer_corrupt_rate": 0.0, "agent_kill_every_s": None,
+                           "preempt_every_s": None, "store_restart_every_s": None, "malformed_fraction": 0.0})
+
+
+@dataclass
+class Verdict:
+    datasets: int = 0
+    done: int = 0
+    failed_as_expected: int = 0
+    unexpected_failures: dict[int, str] = field(default_factory=dict)
+    malformed_not_failed: list[int] = field(default_factory=list)
+    stuck: list[int] = field(default_factory=list)
+    duplicated_steps: list[str] = field(default_factory=list)
+    bad_results: list[str] = field(default_factory=list)
+    injected: dict[str, int] = field(default_factory=dict)
+    agent_rss_mb: list[float] = field(default_factory=list)  # first and last sample of the longest agent life
+    agent_fds: list[int] = field(default_factory=list)
+    wall_s: float = 0.0
+    input_mbps: float = 0.0
+    not_exercised: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not (self.unexpected_failures or self.malformed_not_failed or self.stuck or self.duplicated_steps or self.bad_results)
+
+    def to_json(self) -> str:
+        return json.dumps({**asdict(self), "ok": self.ok}, indent=2)
+
+
+def _proc_sample(pid: int) -> tuple[float, int] | None:
+    try:
+        rss_kb = next(int(line.split()[1]) for line in Path(f"/proc/{pid}/status").read_text().splitlines() if line.startswith("VmRSS"))
+        return rss_kb / 1024, len(os.listdir(f"/proc/{pid}/fd"))
+    except (OSError, StopIteration):
+        return None
+
+
+def _session_children(pid: int) -> list[int]:
+    """Processes in the agent's session (its dask workers), the agent itself excluded."""
+    out = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit() and int(entry) != pid:
+            try:
+                if os.getsid(int(entry)) == pid:
+                    out.append(int(entry))
+            except OSError:
+                continue
+    return out
+
+
+class _Supervisor:
+    """Starts the agent process, kills it on schedule, starts it again, and samples it."""
+
+    def __init__(self, args: list[str], env: dict, log_dir: Path):
+        self.args, self.env, self.log_dir = args, env, log_dir
+        self.proc: subprocess.Popen | None = None
+        self.lives: list[list[tuple[float, int]]] = []
+
+    def start(self) -> None:
+        log = self.log_dir / f"agent-{len(self.lives):03d}.log"
+        with open(log, "wb") as err:  # each life's stderr, kept for the person reading the verdict
+            self.proc = subprocess.Popen(self.args, env=self.env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=err)
+        self.lives.append([])
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def kill(self) -> None:
+        if self.proc is not None:
+            try:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            self.proc.wait()
+
+    def sample(self) -> None:
+        if self.alive():
+            s = _proc_sample(self.proc.pid)
+            if s:
+                self.lives[-1].append(s)
+
+    def preempt_one_worker(self, rng: random.Random) -> bool:
+        if not self.alive():
+            return False
+        workers = _session_children(self.proc.pid)
+        if not workers:
+            return False
+        try:
+            os.kill(rng.choice(workers), signal.SIGKILL)
+        except ProcessLookupError:
+            return False
+        return True
+
+
+def _write_dataset(kind: str, path: Path, size_mb: float, seed: int, malformed: bool) -> None:
+    from .synth.detector import frames_for_size, write_detector_file
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if kind == "xpcs":
+        from .synth.xpcs import write_xpcs_file
+
+        write_xpcs_file(path, frames=max(64, frames_for_size(int(size_mb * 1e6), 64, 64, "uint16")), height=64, width=64, seed=seed)
+    elif kind == "saxs":
+        write_detector_file(path, frames=max(2, frames_for_size(int(size_mb * 1e6), 128, 128, "uint16")), height=128, width=128, seed=seed)
+    else:
+        path.write_bytes(os.urandom(int(size_mb * 1e6)))
+    if malformed:  # a detector that died mid-write
+        data = path.read_bytes()
+        path.write_bytes(data[: max(64, len(data) // 3)])
+
+
+def run_soak(
+    settings: Settings,
+    plan: SoakPlan,
+    *,
+    store_restart: Callable[[], None] | None = None,
+    on_tick: Callable[[dict], None] | None = None,
+    agent_args: list[str] | None = None,
+) -> Verdict:
+    """Run one campaign against `settings` (its workspace and store) and return the verdict."""
+    ensure_workspace(settings)
+    rng = random.Random(plan.seed)
+    store = JobStore(settings.store)
+    verdict = Verdict()
+    injected: Counter[str] = Counter()
+    cmd = [sys.executable, "-m", "rtlib.cli", "agent", "--no-progress", "--workspace", str(settings.workspace), *(agent_args or [])]
+    if plan.link_mbps:
+        cmd += ["--link-mbps", str(plan.link_mbps)]
+    if plan.transfer_fail_rate or plan.transfer_corrupt_rate:
+        cmd += ["--faults", plan.faults]
+    env = {**os.environ, "RTLIB_CONFIG": ""}
+    if settings.store_url:
+        env["RTLIB_STORE_URL"] = settings.store_url
+    log_dir = settings.workspace / "soak-logs"
+    log_dir.mkdir(parents=True, exist_ok=True)
+    sup = _Supervisor(cmd, env, log_dir)
+    kinds = [k for k, _, _ in plan.mix]
+    shares = [w for _, w, _ in plan.mix]
+    sizes = {k: mb for k, _, mb in plan.mix}
+
+    def next_at(mean: float | None) -> float:
+        return time.monotonic() + rng.expovariate(1 / mean) if mean else float("inf")
+
+    ids: dict[int, tuple[str, str, bool]] = {}
+    t0 = time.monotonic()
+    next_data, next_kill = t0, next_at(plan.agent_kill_every_s)
+    next_preempt = next_at(plan.preempt_every_s)
+    next_restart = next_at(plan.store_restart_every_s) if store_restart else float("inf")
+    if plan.store_restart_every_s and not store_restart:
+        verdict.not_exercised.append("store restart (needs a store_restart function, e.g. a PostgreSQL server)")
+    verdict.not_exercised.append("expired token (only Globus endpoints have tokens; tested in tests/test_globus.py)")
+    sup.start()
+    produce_until = t0 + plan.duration_s
+    drain_deadline = produce_until + plan.stuck_bound_s
+    n = 0
+    try:
+        while True:
+            now = time.monotonic()
+            if now < produce_until and now >= next_data:
+                for ep in DEFAULT_BEAMLINE_ENDPOINTS:
+                    kind = rng.choices(kinds, shares)[0]
+                    malformed = kind != "noop" and rng.random() < plan.malformed_fraction
+                    rel = f"raw/soak-{n:05d}.h5"
+                    _write_dataset(kind, Path(settings.endpoint(ep).root) / rel, sizes[kind], plan.seed + n, malformed)
+                    jid = jobs.submit(store, settings, kind, source_endpoint=ep, inputs=[rel], beamline=f"{ep}-demo")
+                    ids[jid] = (ep, rel, malformed)
+                    injected["malformed_inputs"] += malformed
+                    n += 1
+                next_data = now + plan.dataset_interval_s
+            if now >= next_kill and now < produce_until:
+                sup.kill()
+                injected["agent_sigkills"] += 1
+                sup.start()
+                next_kill = next_at(plan.agent_kill_every_s)
+            if now >= next_preempt and now < produce_until:
+                injected["worker_preemptions"] += sup.preempt_one_worker(rng)
+                next_preempt = next_at(plan.preempt_every_s)
+            if now >= next_restart and now < produce_until:
+                store_restart()
+                injected["store_restarts"] += 1
+                next_restart = next_at(plan.store_restart_every_s)
+            if not sup.alive():  # crashed by itself: a real finding, counted, and restarted like a supervisor would
+                injected["agent_exits_unprompted"] += 1
+                sup.start()
+            sup.sample()
+            if now >= produce_until:
+                try:
+                    active = [j for j in store.list_jobs(ids=list(ids)) if j.state not in TERMINAL]
+                except Exception:  # the store may be restarting
+                    active = ids
+                if not active or now > drain_deadline:
+                    break
+            if on_tick:
+                on_tick({"elapsed_s": now - t0, "datasets": len(ids), **store.count_by_state()})
+            time.sleep(0.2)
+    finally:
+        sup.kill()
+    verdict.wall_s = time.monotonic() - t0
+    verdict.injected = dict(injected)
+    _judge(settings, store, ids, verdict, sup)
+    store.close()
+    return verdict
+
+
+def _judge(settings: Settings, store: JobStore, ids: dict[int, tuple[str, str, bool]], verdict: Verdict, sup: _Supervisor) -> None:
+    verdict.datasets = len(ids)
+    for job in store.list_jobs(ids=list(ids)):
+        ep, rel, malformed = ids[job.id]
+        if job.state == State.DONE:
+            verdict.done += 1
+            if malformed:
+                verdict.malformed_not_failed.append(job.id)
+        elif job.state == State.FAILED and malformed and rel.split("/")[-1] in (job.error or ""):
+            verdict.failed_as_expected += 1
+        elif job.state in TERMINAL:
+            verdict.unexpected_failures[job.id] = f"{job.state.value}: {job.error}"
+        else:
+            verdict.stuck.append(job.id)
+    steps = Counter((e.job_id, e.to_state) for e in store.events() if e.job_id in ids and e.to_state in ("RUN_DONE", "DONE"))
+    verdict.duplicated_steps = [f"job {j} reached {s} {n} times" for (j, s), n in steps.items() if n > 1]
+    for it in store.items(direction="out", state="done"):
+        if it.job_id in ids:
+            dst = Path(settings.endpoint(it.dst_endpoint).root) / it.dst_path
+            if not dst.exists() or file_checksum(dst) != it.checksum:
+                verdict.bad_results.append(f"{it.dst_endpoint}:{it.dst_path}")
+    moved = report.bytes_moved(store, list(ids))
+    verdict.input_mbps = moved["in"] * 8 / max(verdict.wall_s, 1e-9) / 1e6
+    longest = max(sup.lives, key=len, default=[])
+    settled = longest[len(longest) // 5:]  # past start-up (imports, cluster start)
+    if len(settled) >= 2:
+        verdict.agent_rss_mb = [round(settled[0][0], 1), round(settled[-1][0], 1)]
+        verdict.agent_fds = [settled[0][1], settled[-1][1]]
