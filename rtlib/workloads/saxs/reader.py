@@ -23,6 +23,12 @@ HDF5_SUFFIXES = (".h5", ".hdf5", ".nxs")
 # a dataset that claims more is almost surely not a frame stack, and its
 # float64 sum image and q map alone would not fit in memory.
 MAX_PIXELS_PER_FRAME = 2**27
+# Compressed detector data (sparse XPCS under LZ4) shrinks tens of times, never this much: a file
+# declaring more frame bytes than this multiple of its size is mostly unwritten chunks (fill
+# values), crafted or broken, and reading it would cost hours for nothing.
+MAX_DECLARED_TO_FILE_RATIO = 1000
+# Frames held at once are capped so that one chunk, as float64, stays under this many bytes.
+CHUNK_BUDGET_BYTES = 256 * 2**20
 _LISTED = 20  # group members named in an error message
 _SUGGESTED = 5  # 3-D datasets suggested in an error message
 
@@ -91,6 +97,14 @@ def frames_dataset(f: h5py.File, dataset_path: str, file_label: str) -> h5py.Dat
             f"{file_label}: dataset {dataset_path} declares frames of {height} x {width} pixels, larger than any "
             f"area detector; set dataset_path to the frame stack"
         )
+    declared = frames * height * width * obj.dtype.itemsize
+    on_disk = max(1, Path(f.filename).stat().st_size)
+    if declared > MAX_DECLARED_TO_FILE_RATIO * on_disk:
+        raise InputDataError(
+            f"{file_label}: dataset {dataset_path} declares {frames} x {height} x {width} {obj.dtype} frames "
+            f"({declared / 1e9:.3g} GB) but the file holds only {on_disk} bytes: its frames were never written "
+            "(a crashed acquisition, or a crafted file); re-acquire or re-transfer it"
+        )
     return obj
 
 
@@ -102,6 +116,8 @@ def iter_frame_chunks(dataset: h5py.Dataset, frames_per_chunk: int, file_label: 
     and data missing behind a declared shape fails at the chunk that lacks it.
     """
     total = dataset.shape[0]
+    frame_bytes_f64 = 8 * int(np.prod(dataset.shape[1:]))
+    frames_per_chunk = max(1, min(frames_per_chunk, CHUNK_BUDGET_BYTES // frame_bytes_f64))
     for start in range(0, total, frames_per_chunk):
         stop = min(total, start + frames_per_chunk)
         try:
