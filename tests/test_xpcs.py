@@ -353,3 +353,23 @@ def test_missing_frame_time_needs_the_parameter(small, tmp_path):
 
 def test_missing_qmap_file(small, tmp_path):
     _expect(InputDataError, [small[0]], tmp_path / "out", "q-map file nowhere.h5", qmap_file="nowhere.h5")
+
+
+def test_compiled_and_numpy_correlators_agree_exactly(monkeypatch):
+    """The numba kernel (sparse, parallel) and the numpy einsum path sum the same integer products."""
+    import rtlib.workloads.xpcs.kernels as kernels
+    from rtlib.workloads.xpcs.multitau import MultiTau
+
+    assert kernels.HAVE_NUMBA, "numba is a dependency: the fast path must be the one in use"
+    rng = np.random.default_rng(5)
+    frames = rng.poisson(0.3, (300, 2000)).astype(np.uint16)
+    roi = rng.integers(0, 4, 2000)
+    results = []
+    for compiled in (True, False):
+        monkeypatch.setattr(kernels, "HAVE_NUMBA", compiled)
+        m = MultiTau(roi, 4, len(frames), delays_per_level=8)
+        for s in range(0, len(frames), 37):  # chunks that do not line up with the levels
+            m.add(frames[s:s + 37])
+        results.append(m.result("roi"))
+    np.testing.assert_array_equal(results[0].g2, results[1].g2)
+    np.testing.assert_array_equal(results[0].delay_frames, results[1].delay_frames)

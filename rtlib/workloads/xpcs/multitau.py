@@ -36,6 +36,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .kernels import accumulate
+
 
 def level_delays(level: int, delays_per_level: int) -> np.ndarray:
     """Delays of one level, in frames of that level."""
@@ -66,20 +68,16 @@ class _Level:
         self.unpaired: np.ndarray | None = None  # a frame waiting for its partner in the next level
 
     def add(self, block: np.ndarray) -> None:
-        held = len(self.history)
-        joined = np.concatenate([self.history, block]) if held else block
         count = len(block)
-        for i, d in enumerate(self.delays):
-            begin = max(0, d - held)  # the first new frame with a partner d frames back
-            if begin >= count:
-                continue
-            earlier = joined[held + begin - d: held + count - d]
-            self.g2_sum[i] += np.einsum("tp,tp->p", earlier, block[begin:])
+        accumulate(self.history, block, self.delays, self.g2_sum)  # each new frame with its partners d frames back
         if self.frames < self.keep + 1:
             self.first = np.concatenate([self.first, block[: self.keep + 1 - self.frames]])
         self.total += block.sum(axis=0)
         self.frames += count
-        self.history = joined[-self.keep:].copy()
+        if count >= self.keep:  # the last `keep` frames pair with the next block; only they are copied
+            self.history = block[count - self.keep:].copy()
+        else:
+            self.history = np.concatenate([self.history, block])[-self.keep:]
 
     def binned(self, block: np.ndarray) -> np.ndarray | None:
         """Frames of the next level made from this level's new frames: sums of consecutive pairs."""
