@@ -20,17 +20,40 @@ from rtlib import config as cfg  # noqa: E402
 from rtlib.soak import SoakPlan, run_soak  # noqa: E402
 
 
+def plot_memory(samples: list) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out = HERE.parent / "docs" / "soak_memory.png"
+    fig, ax = plt.subplots(figsize=(8, 3.5))
+    lives = sorted({life for *_, life in samples})
+    for life in lives:
+        pts = [(t, rss) for t, rss, _, lf in samples if lf == life]
+        ax.plot([p[0] / 60 for p in pts], [p[1] for p in pts], ".-", ms=2, lw=1)
+    ax.set_xlabel("minutes")
+    ax.set_ylabel("agent RSS (MB)")
+    ax.set_ylim(bottom=0)
+    ax.set_title("rtlib agent memory during the soak (one colour per agent life)")
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--duration-s", type=float, default=120.0)
     ap.add_argument("--interval-s", type=float, default=2.0)
+    ap.add_argument("--long", action="store_true", help="one faulty run only (e.g. 3600 s), with a memory plot")
     args = ap.parse_args()
     plan = SoakPlan(duration_s=args.duration_s, dataset_interval_s=args.interval_s, link_mbps=276, transfer_fail_rate=0.05,
                     transfer_corrupt_rate=0.05, agent_kill_every_s=30, preempt_every_s=20, store_restart_every_s=45,
                     malformed_fraction=0.05, seed=11)
     rows, figures = [], {}
     with tempfile.TemporaryDirectory(prefix="rtlib-soak-") as tmp, PostgresServer(durable=True) as pg:
-        for label, p in (("no faults", plan.without_faults()), ("faults", plan)):
+        runs = (("faults", plan),) if args.long else (("no faults", plan.without_faults()), ("faults", plan))
+        for label, p in runs:
             raw = cfg.default_config(Path(tmp) / label.replace(" ", "-"))
             raw["store_url"] = pg.create_database(label.replace(" ", "_"))
             v = run_soak(cfg.validate(raw), p, store_restart=lambda: pg.restart(down_s=2.0))
@@ -42,6 +65,17 @@ def main() -> None:
                 f"**{'clean' if v.ok else 'NOT clean'}** |"
             )
             print(rows[-1], flush=True)
+    if args.long:
+        plot = plot_memory(figures["faults"]["agent_memory"])
+        name, title = "soak_long", f"Long soak ({args.duration_s / 60:g} minutes) under faults"
+        notes = (f"{args.duration_s:g} s of production, datasets every {args.interval_s:g} s at each of 3 endpoints, link 276 Mbps, "
+                 f"PostgreSQL store, every fault kind but expired tokens. Agent memory over the run (each colour one agent "
+                 f"life between SIGKILLs): ![agent memory]({plot.name}).")
+        table = "\n".join(["| run | datasets | done | failed as expected (malformed) | unexpected failures | stuck | duplicated steps | bad results | faults injected | agent RSS / open fds (settled → last, longest life) | input throughput | verdict |",
+                           "|---|---|---|---|---|---|---|---|---|---|---|---|", *rows])
+        write_result(name, title, figures, table, command=f"python benchmarks/soak.py --long --duration-s {args.duration_s:g} --interval-s {args.interval_s:g}", notes=notes)
+        print(table)
+        return
     base, faulty = figures["no faults"]["input_mbps"], figures["faults"]["input_mbps"]
     figures["throughput_ratio_faults_to_clean"] = round(faulty / base, 3) if base else None
     table = "\n".join([

@@ -73,6 +73,7 @@ class Verdict:
     injected: dict[str, int] = field(default_factory=dict)
     agent_rss_mb: list[float] = field(default_factory=list)  # first and last sample of the longest agent life
     agent_fds: list[int] = field(default_factory=list)
+    agent_memory: list[tuple[float, float, int, int]] = field(default_factory=list)  # (s since start, RSS MB, fds, agent life)
     wall_s: float = 0.0
     input_mbps: float = 0.0
     not_exercised: list[str] = field(default_factory=list)
@@ -131,11 +132,13 @@ class _Supervisor:
                 pass
             self.proc.wait()
 
-    def sample(self) -> None:
+    def sample(self) -> tuple[float, int] | None:
         if self.alive():
             s = _proc_sample(self.proc.pid)
             if s:
                 self.lives[-1].append(s)
+            return s
+        return None
 
     def preempt_one_worker(self, rng: random.Random) -> bool:
         if not self.alive():
@@ -211,6 +214,7 @@ def run_soak(
     produce_until = t0 + plan.duration_s
     drain_deadline = produce_until + plan.stuck_bound_s
     n = 0
+    last_series = 0.0
     try:
         while True:
             now = time.monotonic()
@@ -240,7 +244,10 @@ def run_soak(
             if not sup.alive():  # crashed by itself: a real finding, counted, and restarted like a supervisor would
                 injected["agent_exits_unprompted"] += 1
                 sup.start()
-            sup.sample()
+            sample = sup.sample()
+            if sample and now - last_series >= 5.0:
+                verdict.agent_memory.append((round(now - t0, 1), round(sample[0], 1), sample[1], len(sup.lives) - 1))
+                last_series = now
             if now >= produce_until:
                 try:
                     active = [j for j in store.list_jobs(ids=list(ids)) if j.state not in TERMINAL]
