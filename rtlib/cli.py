@@ -357,6 +357,11 @@ from .cli_xpcs import synth_xpcs, xpcs_app  # noqa: E402
 app.add_typer(xpcs_app, name="xpcs")
 synth_app.command("xpcs")(synth_xpcs)
 
+from .cli_laue import laue_app, synth_laue  # noqa: E402
+
+app.add_typer(laue_app, name="laue")
+synth_app.command("laue")(synth_laue)
+
 from .cli_transfer import login as _login_cmd  # noqa: E402  (commands defined in their own module)
 from .cli_transfer import transfer as _transfer_cmd  # noqa: E402
 

@@ -1,0 +1,129 @@
+"""Laue: depth-resolved reconstruction of a differential-aperture (wire) scan, and peaks in depth.
+
+One run reads one wire-scan file (``reader.select_input``; layout in
+``rtlib.synth.laue``): its images and the geometry of beam, wire and
+detector. Consecutive images are differenced and each difference placed at
+the depth the wire edge swept (``reconstruct``), one block of detector rows
+at a time, optionally as dask tasks across the cluster the run is on; then
+peaks are found in the depth-resolved stack (``peaks``). Results:
+``laue.h5`` and ``laue_peaks.csv`` (layout in ``output``).
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator
+
+from ...errors import InputDataError, ParameterError
+from ..base import ProgressFn, Workload
+from .geometry import ScanGeometry, make_geometry
+from .output import CSV_NAME, H5_NAME, read_results, write_results
+from .params import LaueParams
+from .peaks import find_peaks
+from .reader import images_dataset, open_scan_file, read_geometry, select_input
+from .reconstruct import DepthBins, depth_per_step_um, reconstruct_file
+
+__all__ = ["DepthBins", "LaueParams", "ScanGeometry", "make_geometry", "read_results", "run", "workload"]
+
+# The depth-resolved stack (float32) and the peak search's working copies must fit in memory.
+MAX_STACK_BYTES = 4 * 2**30
+_RECONSTRUCT_SHARE = 0.85
+_PEAKS_REPORTED = 20
+
+
+def run(params: LaueParams, inputs: list[Path], outdir: Path, progress: ProgressFn) -> dict[str, Any]:
+    path = select_input(inputs)
+    label = str(path)
+    with open_scan_file(path) as f:
+        images = images_dataset(f, params.dataset_path, label)
+        shape = tuple(images.shape)
+        geometry = read_geometry(f, label, shape, params.wire_diameter_um)
+    steps, height, width = shape
+    bins = DepthBins.from_range(params.depth_start_um, params.depth_end_um, params.depth_step_um)
+    stack_bytes = 4 * bins.count * height * width
+    if stack_bytes > MAX_STACK_BYTES:
+        raise ParameterError(
+            f"{bins.count} depth bins of {height} x {width} pixels make a {stack_bytes / 2**30:.1f} GiB result, more than "
+            f"{MAX_STACK_BYTES / 2**30:.0f} GiB; narrow depth_start_um..depth_end_um or raise depth_step_um"
+        )
+    progress(0.0, f"reconstructing {steps} wire steps of {height} x {width} into {bins.count} depth bins")
+
+    def report(fraction: float, message: str) -> None:
+        progress(_RECONSTRUCT_SHARE * fraction, message)
+
+    with _cluster_client(params.split_over_workers) as client:
+        stack = reconstruct_file(str(path), params.dataset_path, geometry, bins, params.wire_edge,
+                                 rows_per_block=params.rows_per_block, client=client, progress=report)
+    progress(_RECONSTRUCT_SHARE, "finding peaks")
+    peaks, profiles = find_peaks(
+        stack, bins.centres_um, threshold_sigma=params.peak_threshold_sigma, min_intensity=params.peak_min_intensity,
+        window_px=params.peak_window_px, window_depth_bins=params.peak_window_depth_bins, max_peaks=params.max_peaks,
+    )
+    per_step = depth_per_step_um(geometry, "trailing" if params.wire_edge == "trailing" else "leading")
+    attrs = {
+        **geometry.to_attrs(),
+        "input_file": path.name,
+        "wire_steps": steps,
+        "wire_edge": params.wire_edge,
+        "depth_per_wire_step_um": per_step,
+        "split_over_workers": client_used(params.split_over_workers),
+    }
+    write_results(outdir, stack, bins, peaks, profiles, params.model_dump(mode="json"), attrs)
+    progress(1.0, f"wrote {H5_NAME} and {CSV_NAME}: {len(peaks)} peaks")
+
+    summary: dict[str, Any] = {
+        "input": path.name,
+        "wire_steps": int(steps),
+        "image_shape": [int(height), int(width)],
+        "depth_bins": int(bins.count),
+        "depth_range_um": [float(bins.edges_um[0]), float(bins.edges_um[-1])],
+        "depth_step_um": float(bins.step_um),
+        "depth_per_wire_step_um": round(per_step, 6),
+        # A source is placed no better than the coarser of the bin and what one wire step sweeps.
+        "depth_resolution_um": round(max(bins.step_um, per_step), 6),
+        "num_peaks": int(len(peaks)),
+        "peaks": [
+            {"depth_um": round(float(p["depth_um"]), 4), "x_px": round(float(p["x_px"]), 3),
+             "y_px": round(float(p["y_px"]), 3), "intensity": round(float(p["intensity"]), 3)}
+            for p in peaks[:_PEAKS_REPORTED]
+        ],
+    }
+    others = [Path(p).name for p in inputs if Path(p) != path]
+    if others:
+        summary["ignored_inputs"] = others
+    return summary
+
+
+def client_used(requested: bool) -> bool:
+    if not requested:
+        return False
+    try:
+        from distributed import get_worker
+
+        get_worker()
+        return True
+    except (ImportError, ValueError):
+        return False
+
+
+@contextmanager
+def _cluster_client(requested: bool) -> Iterator[Any]:
+    """The cluster this run is a task of (so row blocks can be tasks too), or None outside a dask worker."""
+    if not requested or not client_used(True):
+        yield None
+        return
+    from distributed import worker_client
+
+    # worker_client secedes this task from the worker's thread pool while it waits, so the blocks
+    # can run even on the thread this task occupied.
+    with worker_client() as client:
+        yield client
+
+
+workload = Workload(
+    name="laue",
+    params_model=LaueParams,
+    run=run,
+    description="depth-resolved Laue (wire-scan, DAXM) reconstruction of a wire-step image stack, with peaks in depth",
+)
