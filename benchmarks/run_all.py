@@ -19,6 +19,7 @@ RUNS = {
     "xpcs": ["xpcs.py"],
     "xpcs_campaign": ["xpcs_campaign.py"],
     "soak": ["soak.py"],
+    "laue": ["laue.py"],
 }
 
 
