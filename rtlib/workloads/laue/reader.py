@@ -17,9 +17,9 @@ import hdf5plugin  # noqa: F401  registers the compression filters detectors wri
 import numpy as np
 
 from ...errors import InputDataError
+from ..saxs.reader import HDF5_SUFFIXES  # noqa: F401  (re-exported: the same rule for every one-file workload)
+from ..saxs.reader import select_input as select_hdf5_input
 from .geometry import ScanGeometry, make_geometry
-
-HDF5_SUFFIXES = (".h5", ".hdf5", ".nxs")
 
 # name in make_geometry -> (dataset, shape; None: one number)
 GEOMETRY_DATASETS: dict[str, tuple[str, tuple[int, ...] | None]] = {
@@ -36,20 +36,8 @@ WIRE_POSITIONS = "/entry/wire/position_um"
 
 
 def select_input(inputs: list[Path]) -> Path:
-    """The first input named .h5/.hdf5/.nxs, else the first whose content is HDF5."""
-    paths = [Path(p) for p in inputs]
-    if not paths:
-        raise InputDataError("laue got no input files; stage the wire-scan HDF5 file as the job's input")
-    for p in paths:
-        if p.suffix.lower() in HDF5_SUFFIXES:
-            return p
-    for p in paths:
-        if p.is_file() and h5py.is_hdf5(p):
-            return p
-    raise InputDataError(
-        f"no HDF5 file among the {len(paths)} inputs ({', '.join(p.name for p in paths[:10])}); "
-        "laue reads one wire-scan file (.h5, .hdf5 or .nxs)"
-    )
+    """The wire-scan file among the inputs (the same rule as every one-file workload)."""
+    return select_hdf5_input(inputs, workload="laue", what="wire-scan HDF5 file")
 
 
 @contextmanager

@@ -33,7 +33,7 @@ _LISTED = 20  # group members named in an error message
 _SUGGESTED = 5  # 3-D datasets suggested in an error message
 
 
-def select_input(inputs: list[Path]) -> Path:
+def select_input(inputs: list[Path], *, workload: str = "saxs", what: str = "area-detector file") -> Path:
     """The first input named .h5/.hdf5/.nxs; failing that, the first whose content is HDF5.
 
     One run reduces one file: a job that stages several gets the first, and
@@ -41,7 +41,7 @@ def select_input(inputs: list[Path]) -> Path:
     """
     paths = [Path(p) for p in inputs]
     if not paths:
-        raise InputDataError("saxs got no input files; stage the detector HDF5 file (.h5, .hdf5 or .nxs) as the job's input")
+        raise InputDataError(f"{workload} got no input files; stage the {what} (.h5, .hdf5 or .nxs) as the job's input")
     for p in paths:
         if p.suffix.lower() in HDF5_SUFFIXES:
             return p
@@ -50,8 +50,8 @@ def select_input(inputs: list[Path]) -> Path:
             return p
     names = ", ".join(str(p) for p in paths[:_LISTED]) + (" ..." if len(paths) > _LISTED else "")
     raise InputDataError(
-        f"no input HDF5 file among the {len(paths)} inputs ({names}); saxs reads an area-detector "
-        f"file named {'/'.join(HDF5_SUFFIXES)}: stage that file as the job's input"
+        f"no input HDF5 file among the {len(paths)} inputs ({names}); {workload} reads one {what} "
+        f"named {'/'.join(HDF5_SUFFIXES)}: stage that file as the job's input"
     )
 
 
