@@ -49,13 +49,14 @@ def main() -> None:
     args = ap.parse_args()
     plan = SoakPlan(duration_s=args.duration_s, dataset_interval_s=args.interval_s, link_mbps=276, transfer_fail_rate=0.05,
                     transfer_corrupt_rate=0.05, agent_kill_every_s=30, preempt_every_s=20, store_restart_every_s=45,
-                    malformed_fraction=0.05, seed=11)
+                    malformed_fraction=0.05, seed=11, globus=True, token_expire_every_s=40)
     rows, figures = [], {}
     with tempfile.TemporaryDirectory(prefix="rtlib-soak-") as tmp, PostgresServer(durable=True) as pg:
         runs = (("faults", plan),) if args.long else (("no faults", plan.without_faults()), ("faults", plan))
         for label, p in runs:
             raw = cfg.default_config(Path(tmp) / label.replace(" ", "-"))
             raw["store_url"] = pg.create_database(label.replace(" ", "_"))
+            raw["agent"] = {"max_attempts": 6}  # faults ~1000x denser than a real campaign's
             v = run_soak(cfg.validate(raw), p, store_restart=lambda: pg.restart(down_s=2.0))
             figures[label] = {"verdict": "clean" if v.ok else "NOT clean", **v.__dict__}
             rows.append(
@@ -69,7 +70,7 @@ def main() -> None:
         plot = plot_memory(figures["faults"]["agent_memory"])
         name, title = "soak_long", f"Long soak ({args.duration_s / 60:g} minutes) under faults"
         notes = (f"{args.duration_s:g} s of production, datasets every {args.interval_s:g} s at each of 3 endpoints, link 276 Mbps, "
-                 f"PostgreSQL store, every fault kind but expired tokens. Agent memory over the run (each colour one agent "
+                 f"PostgreSQL store, every fault kind (expired tokens on the als Globus path through the loopback emulator). Agent memory over the run (each colour one agent "
                  f"life between SIGKILLs): ![agent memory]({plot.name}).")
         table = "\n".join(["| run | datasets | done | failed as expected (malformed) | unexpected failures | stuck | duplicated steps | bad results | faults injected | agent RSS / open fds (settled → last, longest life) | input throughput | verdict |",
                            "|---|---|---|---|---|---|---|---|---|---|---|---|", *rows])

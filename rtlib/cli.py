@@ -280,6 +280,8 @@ def soak(
     kill_every_s: float = typer.Option(20.0, help="mean seconds between agent SIGKILLs (0: never)"),
     preempt_every_s: float = typer.Option(15.0, help="mean seconds between dask worker kills (0: never)"),
     malformed: float = typer.Option(0.05, help="share of datasets written truncated"),
+    globus: bool = typer.Option(True, "--globus/--no-globus", help="als and alcf as Globus collections on a loopback emulator (real globus-sdk)"),
+    expire_token_every_s: float = typer.Option(30.0, help="mean seconds between revocations of the service account's tokens (0: never; needs --globus)"),
     no_faults: bool = typer.Option(False, "--no-faults", help="the same campaign with no fault at all (the baseline)"),
     seed: int = typer.Option(0),
     json_out: Optional[Path] = typer.Option(None, "--json", help="also write the verdict as JSON here"),
@@ -291,7 +293,8 @@ def soak(
     ws = workspace or Path(tempfile.mkdtemp(prefix="rtlib-soak-"))
     plan = SoakPlan(duration_s=duration_s, dataset_interval_s=dataset_interval_s, link_mbps=link_mbps or None,
                     transfer_fail_rate=fail_rate, transfer_corrupt_rate=corrupt_rate, agent_kill_every_s=kill_every_s or None,
-                    preempt_every_s=preempt_every_s or None, malformed_fraction=malformed, seed=seed)
+                    preempt_every_s=preempt_every_s or None, malformed_fraction=malformed, seed=seed, globus=globus,
+                    token_expire_every_s=(expire_token_every_s or None) if globus else None)
     if no_faults:
         plan = plan.without_faults()
     console.print(f"workspace: {ws}")
@@ -305,7 +308,10 @@ def soak(
     t.add_row("faults injected", ", ".join(f"{k} {v}" for k, v in verdict.injected.items()) or "none")
     t.add_row("agent RSS MB (settled, last)", " -> ".join(map(str, verdict.agent_rss_mb)))
     t.add_row("agent open fds (settled, last)", " -> ".join(map(str, verdict.agent_fds)))
-    t.add_row("not exercised", "; ".join(verdict.not_exercised))
+    if verdict.globus:
+        t.add_row("globus emulator", ", ".join(f"{k} {v}" for k, v in verdict.globus.items()))
+    t.add_row("secret found in", ", ".join(verdict.secret_leaks) or "nowhere")
+    t.add_row("not exercised", "; ".join(verdict.not_exercised) or "-")
     t.add_row("verdict", "[green]clean[/]" if verdict.ok else "[red]NOT clean[/]")
     console.print(t)
     if json_out:

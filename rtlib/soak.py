@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import secrets
 import signal
 import subprocess
 import sys
@@ -26,11 +27,18 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
 
+import tomli_w
+
 from . import jobs, report
-from .config import DEFAULT_BEAMLINE_ENDPOINTS, Settings, ensure_workspace
+from .config import DEFAULT_BEAMLINE_ENDPOINTS, Settings, ensure_workspace, validate
 from .states import TERMINAL, State
 from .store import JobStore
 from .transfer.checksum import file_checksum
+
+GLOBUS_ENDPOINTS = ("als", "alcf")  # with token faults: these two are Globus collections on the loopback emulator
+GLOBUS_BEAMLINE = "als-demo"
+SECRET_ENV = "RTLIB_SOAK_GLOBUS_SECRET"
+MIN_TOKEN_LIFE_S = 3.0
 
 # scaled-down stand-ins for the campaign's mix: (workload, share, size in MB)
 DEFAULT_MIX = (("xpcs", 0.4, 3.0), ("saxs", 0.4, 2.0), ("noop", 0.2, 0.5))
@@ -46,6 +54,8 @@ class SoakPlan:
     agent_kill_every_s: float | None = 20.0  # mean interval (exponential)
     preempt_every_s: float | None = 15.0
     store_restart_every_s: float | None = None  # only with a store_restart function
+    globus: bool = False  # als and alcf become Globus collections on a loopback emulator (real globus-sdk client)
+    token_expire_every_s: float | None = None  # revoke the service account's tokens (needs globus=True)
     malformed_fraction: float = 0.05
     stuck_bound_s: float = 180.0  # a job not terminal this long after production stops is stuck
     seed: int = 0
@@ -57,7 +67,8 @@ class SoakPlan:
 
     def without_faults(self) -> "SoakPlan":
         return SoakPlan(**{**asdict(self), "transfer_fail_rate": 0.0, "transfer_corrupt_rate": 0.0, "agent_kill_every_s": None,
-                           "preempt_every_s": None, "store_restart_every_s": None, "malformed_fraction": 0.0})
+                           "preempt_every_s": None, "store_restart_every_s": None, "malformed_fraction": 0.0,
+                           "token_expire_every_s": None})
 
 
 @dataclass
@@ -77,10 +88,14 @@ class Verdict:
     wall_s: float = 0.0
     input_mbps: float = 0.0
     not_exercised: list[str] = field(default_factory=list)
+    copies_retried: int = 0  # transfer items that needed more than one copy (injected failures and corruptions)
+    globus: dict[str, int] = field(default_factory=dict)  # the emulator's counters, when Globus was in the loop
+    secret_leaks: list[str] = field(default_factory=list)  # places the service account's secret was found
 
     @property
     def ok(self) -> bool:
-        return not (self.unexpected_failures or self.malformed_not_failed or self.stuck or self.duplicated_steps or self.bad_results)
+        return not (self.unexpected_failures or self.malformed_not_failed or self.stuck or self.duplicated_steps or self.bad_results
+                    or self.secret_leaks)
 
     def to_json(self) -> str:
         return json.dumps({**asdict(self), "ok": self.ok}, indent=2)
@@ -178,20 +193,43 @@ def run_soak(
     on_tick: Callable[[dict], None] | None = None,
     agent_args: list[str] | None = None,
 ) -> Verdict:
-    """Run one campaign against `settings` (its workspace and store) and return the verdict."""
+    """Run one campaign against `settings` (its workspace and store) and return the verdict.
+
+    The agent process gets `settings` as a config file. With `plan.globus`, the `als`
+    and `alcf` endpoints become Globus collections served by a loopback emulator
+    (rtlib/transfer/globus_emulator.py), so their copies go through the real globus-sdk
+    as the `als-demo` service account, whose tokens `token_expire_every_s` revokes.
+    """
+    from .transfer.globus_emulator import GlobusEmulator, use_emulated_globus
+
+    emulator: GlobusEmulator | None = None
+    secret: str | None = None
+    raw = settings.model_dump(mode="json", exclude_none=True)
+    if plan.token_expire_every_s and not plan.globus:
+        raise ValueError("token_expire_every_s needs globus=True: only Globus endpoints have tokens")
+    if plan.globus:
+        client_id = "6f1d4a52-5a0e-4d7e-9b8a-000000005041"
+        collections = use_emulated_globus(raw, GLOBUS_ENDPOINTS, beamline=GLOBUS_BEAMLINE, client_id=client_id, secret_env=SECRET_ENV)
+        settings = validate(raw, "the soak's config")
+        secret = secrets.token_urlsafe(24)
+        emulator = GlobusEmulator(collections, {client_id: secret}).start()
     ensure_workspace(settings)
+    config_file = settings.workspace / "soak-config.toml"
+    config_file.write_text(tomli_w.dumps(raw))
     rng = random.Random(plan.seed)
     store = JobStore(settings.store)
     verdict = Verdict()
     injected: Counter[str] = Counter()
-    cmd = [sys.executable, "-m", "rtlib.cli", "agent", "--no-progress", "--workspace", str(settings.workspace), *(agent_args or [])]
+    cmd = [sys.executable, "-m", "rtlib.cli", "agent", "--no-progress", "--config", str(config_file), *(agent_args or [])]
     if plan.link_mbps:
         cmd += ["--link-mbps", str(plan.link_mbps)]
     if plan.transfer_fail_rate or plan.transfer_corrupt_rate:
         cmd += ["--faults", plan.faults]
     env = {**os.environ, "RTLIB_CONFIG": ""}
-    if settings.store_url:
-        env["RTLIB_STORE_URL"] = settings.store_url
+    env.pop("RTLIB_STORE_URL", None)  # the config file names the store
+    if emulator is not None:
+        env.update(emulator.sdk_environment())
+        env[SECRET_ENV] = secret
     log_dir = settings.workspace / "soak-logs"
     log_dir.mkdir(parents=True, exist_ok=True)
     sup = _Supervisor(cmd, env, log_dir)
@@ -207,9 +245,13 @@ def run_soak(
     next_data, next_kill = t0, next_at(plan.agent_kill_every_s)
     next_preempt = next_at(plan.preempt_every_s)
     next_restart = next_at(plan.store_restart_every_s) if store_restart else float("inf")
+    next_expire = next_at(plan.token_expire_every_s)
     if plan.store_restart_every_s and not store_restart:
         verdict.not_exercised.append("store restart (needs a store_restart function, e.g. a PostgreSQL server)")
-    verdict.not_exercised.append("expired token (only Globus endpoints have tokens; tested in tests/test_globus.py)")
+    if emulator is None:
+        verdict.not_exercised.append("expired token (set globus=True and token_expire_every_s: only Globus endpoints have tokens)")
+    elif not plan.token_expire_every_s:
+        verdict.not_exercised.append("expired token (token_expire_every_s not set)")
     sup.start()
     produce_until = t0 + plan.duration_s
     drain_deadline = produce_until + plan.stuck_bound_s
@@ -241,6 +283,12 @@ def run_soak(
                 store_restart()
                 injected["store_restarts"] += 1
                 next_restart = next_at(plan.store_restart_every_s)
+            if emulator is not None and now >= next_expire and emulator.live_tokens():  # also while draining
+                emulator.expire_tokens()
+                injected["expired_tokens"] += 1
+                # at least a few seconds apart: a token revoked again while the client is still renewing the last
+                # one fails that call by design (one re-authentication, then a clear failure; see globus.py)
+                next_expire = max(next_at(plan.token_expire_every_s), now + MIN_TOKEN_LIFE_S)
             if not sup.alive():  # crashed by itself: a real finding, counted, and restarted like a supervisor would
                 injected["agent_exits_unprompted"] += 1
                 sup.start()
@@ -260,11 +308,28 @@ def run_soak(
             time.sleep(0.2)
     finally:
         sup.kill()
+        if emulator is not None:
+            emulator.stop()
+            verdict.globus = dict(emulator.counts)
     verdict.wall_s = time.monotonic() - t0
     verdict.injected = dict(injected)
     _judge(settings, store, ids, verdict, sup)
+    if secret is not None:
+        verdict.secret_leaks = _secret_leaks(secret, settings, store, log_dir)
     store.close()
     return verdict
+
+
+def _secret_leaks(secret: str, settings: Settings, store: JobStore, log_dir: Path) -> list[str]:
+    """Where the service account's secret appears: agent logs, job rows, events, the SQLite files, the workspace."""
+    found = [f"agent log {p.name}" for p in sorted(log_dir.glob("*.log")) if secret.encode() in p.read_bytes()]
+    found += [f"job {j.id} row" for j in store.list_jobs() if secret in json.dumps(j.to_dict(), default=str)]
+    found += [f"event {e.id}" for e in store.events() if secret in (e.reason or "")]
+    for p in settings.workspace.rglob("*"):
+        if p.is_file() and p.suffix in (".db", ".json", ".toml", ".log", ".db-wal") and p.stat().st_size < 256 * 2**20:
+            if secret.encode() in p.read_bytes():
+                found.append(f"file {p}")
+    return sorted(set(found))
 
 
 def _judge(settings: Settings, store: JobStore, ids: dict[int, tuple[str, str, bool]], verdict: Verdict, sup: _Supervisor) -> None:
@@ -283,10 +348,16 @@ def _judge(settings: Settings, store: JobStore, ids: dict[int, tuple[str, str, b
             verdict.stuck.append(job.id)
     steps = Counter((e.job_id, e.to_state) for e in store.events() if e.job_id in ids and e.to_state in ("RUN_DONE", "DONE"))
     verdict.duplicated_steps = [f"job {j} reached {s} {n} times" for (j, s), n in steps.items() if n > 1]
+    verdict.copies_retried = sum(1 for it in store.items() if it.job_id in ids and it.attempts > 1)
     for it in store.items(direction="out", state="done"):
         if it.job_id in ids:
             dst = Path(settings.endpoint(it.dst_endpoint).root) / it.dst_path
-            if not dst.exists() or file_checksum(dst) != it.checksum:
+            src = Path(settings.endpoint(it.src_endpoint).root) / it.src_path
+            # the local backend records the digest of the copy it verified; Globus verifies its own and records none
+            expected = {it.checksum} if it.checksum else set()
+            if src.exists():
+                expected.add(file_checksum(src))
+            if not dst.exists() or len(expected) != 1 or file_checksum(dst) not in expected:
                 verdict.bad_results.append(f"{it.dst_endpoint}:{it.dst_path}")
     moved = report.bytes_moved(store, list(ids))
     verdict.input_mbps = moved["in"] * 8 / max(verdict.wall_s, 1e-9) / 1e6

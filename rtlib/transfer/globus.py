@@ -157,10 +157,14 @@ class GlobusTransferBackend(TransferBackend):
         return "" if rel == "." else rel
 
     def _client(self, src: str, dst: str) -> tuple[Any, Any]:
+        """The TransferClient and identity for a pair; a refused token grant raises _ApiTrouble with the reason."""
         with self._lock:
             if (src, dst) not in self._clients:
                 identity = self._identity_for(src, dst)
-                self._clients[(src, dst)] = (identity.transfer_client(retry_config=self.retry_config), identity)
+                # a confidential client's authorizer asks Globus Auth for a token as it is built
+                client = self._call(f"obtain an access token for {src} -> {dst}", identity,
+                                    lambda: identity.transfer_client(retry_config=self.retry_config))
+                self._clients[(src, dst)] = (client, identity)
             return self._clients[(src, dst)]
 
     # -- calling the API ---------------------------------------------------------------------
@@ -192,9 +196,17 @@ class GlobusTransferBackend(TransferBackend):
     @staticmethod
     def explain_api_error(err, what: str, identity) -> TransferError:
         """A sentence a person can act on, from a Globus API error; `permanent` unless retrying may help."""
+        import globus_sdk
+
         code, status = err.code or "Error", err.http_status
         detail = f"{code}: {err.message}" if err.message else code
         who = getattr(identity, "description", "the configured Globus identity")
+        if isinstance(err, globus_sdk.AuthAPIError) or code in ("invalid_client", "unauthorized_client"):  # a token grant
+            return TransferError(
+                f"Globus Auth refused to give {who} a token while trying to {what} ({detail}); check the client id and its "
+                "secret (secret_env / secret_file of the beamline's service_account), then retry",
+                permanent=status in (400, 401, 403),
+            )
         if err.info.consent_required or code == "ConsentRequired":
             scopes = list(err.info.consent_required.required_scopes or [])
             listed = " ".join(scopes) or "(Globus did not list them)"
@@ -225,8 +237,8 @@ class GlobusTransferBackend(TransferBackend):
     def list_files(self, endpoint: str, path: str) -> list[tuple[str, int]]:
         full = self.globus_path(endpoint, path)
         coll = self._endpoint(endpoint).collection_id
-        client, identity = self._client(endpoint, endpoint)
         try:
+            client, identity = self._client(endpoint, endpoint)
             st = self._call(f"look at {endpoint}:{full}", identity, lambda: client.operation_stat(coll, path=full))
         except _ApiTrouble as t:
             if "not found" in str(t.error) and t.error.permanent:
@@ -449,8 +461,8 @@ class GlobusTransferBackend(TransferBackend):
             pair = self._task_pairs.get(task_id)
         if pair is None:
             raise EndpointError(f"Globus task {task_id} was not submitted by this backend")
-        client, identity = self._client(*pair)
         try:
+            client, identity = self._client(*pair)
             result = self._call(f"cancel Globus task {task_id}", identity, lambda: client.cancel_task(task_id), retries=2)
         except _ApiTrouble as t:
             log.warning("could not cancel Globus task %s: %s", task_id, t.error)
