@@ -42,3 +42,21 @@ def test_chunk_is_capped_by_the_memory_budget(tmp_path, monkeypatch):
     with h5py.File(path) as f:
         sizes = [stop - start for start, stop, _ in reader.iter_frame_chunks(f["/entry/data/data"], 32, "big-frames.h5")]
     assert sizes == [2, 2, 2]
+
+
+def test_executed_notebooks_carry_no_secret(tmp_path, monkeypatch):
+    """A service-account secret in the kernel's environment never reaches an executed notebook or its outputs."""
+    from rtlib.notebooks import run_notebook
+    from rtlib.synth.detector import write_detector_file
+
+    secret = "nb-secret-8c1f0a-must-not-leak"
+    monkeypatch.setenv("RTLIB_APS_SECRET", secret)
+    monkeypatch.setenv("GLOBUS_SDK_CLIENT_SECRET", secret)
+    data = tmp_path / "scan.h5"
+    write_detector_file(data, frames=4, height=64, width=64, seed=1)
+    run = run_notebook("saxs", data, tmp_path / "out", {"num_q_bins": 20}, progress=False)
+    written = [p for p in (tmp_path / "out").rglob("*") if p.is_file()]
+    assert any(p.suffix == ".ipynb" for p in written), written
+    for p in written:
+        assert secret.encode() not in p.read_bytes(), f"{p} holds the secret"
+    assert run is not None
