@@ -20,6 +20,8 @@ RUNS = {
     "xpcs_campaign": ["xpcs_campaign.py"],
     "soak": ["soak.py"],
     "laue": ["laue.py"],
+    "hpc": ["hpc.py"],
+    "jupyter_api": ["jupyter_api.py"],
 }
 
 

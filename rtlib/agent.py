@@ -12,6 +12,11 @@ so an agent killed at any instant restarts where it stopped:
   one that finds a RUNNING job with no result counts the attempt as lost
   (PREEMPTED) and queues it again while the retry budget lasts.
 
+Before a run is sent to the compute backend the queue policy picks (or
+checks) its queue, and the job's suballocation must have the node-hours it
+asks for; otherwise the job is FAILED (fits no queue) or HELD (over budget,
+re-checked every second and released when the budget allows).
+
 Transfers go in batches of up to ``batch_bytes`` with a bounded number in
 flight on a thread pool, while analyses run on the compute backend, so
 stage-in of the next jobs overlaps analysis of the current ones.
@@ -37,7 +42,9 @@ from typing import Any, Callable
 from . import layout
 from sqlalchemy import exc as sa_exc
 
+from . import accounting
 from .compute.base import ComputeBackend
+from .compute.policy import NoQueueFits, choose_queue, request_for
 from .compute.task import SUMMARY_FILE, read_progress, run_attempt
 from .config import Settings
 from .errors import RtlibError
@@ -115,6 +122,12 @@ class Agent:
         self._last_claim = 0.0
         self._last_sync = 0.0
         self._stop = threading.Event()
+        self.held: set[int] = set()
+        self._ledger: accounting.Ledger | None = None
+        self._last_hold_check = 0.0
+        set_sink = getattr(compute, "set_usage_sink", None)
+        if set_sink is not None:  # worker run time, charged to the accounts (jobqueue backends)
+            set_sink(lambda **usage: self.store.record_usage(site=self.site_name, **usage))
         self._break_dead_local_leases()
 
     # -- public ------------------------------------------------------------
@@ -212,6 +225,9 @@ class Agent:
         busy |= self._dispatch_transfers()
         busy |= self._collect_runs()
         busy |= self._start_runs()
+        if self.held and now - self._last_hold_check > 1.0:
+            self._last_hold_check = now
+            busy |= self._release_held()
         return busy
 
     def _site_idle(self) -> bool:
@@ -232,6 +248,7 @@ class Agent:
         self.jobs.pop(job_id, None)
         self.pending.pop(job_id, None)
         self.remaining.pop(job_id, None)
+        self.held.discard(job_id)
         run = self.runs.pop(job_id, None)
         if run is not None:
             run.future.cancel()
@@ -269,6 +286,7 @@ class Agent:
             S.RUN_DONE: self._plan_stage_out,
             S.STAGING_OUT: self._resume_staging,
             S.PREEMPTED: self._requeue_preempted,
+            S.HELD: lambda held: self.held.add(held.id),  # re-checked against the budget every second
         }[job.state]
         handler(job)
 
@@ -467,18 +485,73 @@ class Agent:
             job = self.jobs.get(job_id)
             if job is None or job.state != S.STAGED_IN:
                 continue
+            queue = self._admit(job)
+            if queue is None:
+                continue
             attempt = job.attempts + 1
             token = uuid.uuid4().hex[:8]
             rel = layout.attempt_dir(job.id, attempt, token)
-            job = self._move(job, S.RUNNING, f"attempt {attempt} of {job.max_attempts} started", attempts=attempt, progress=0.0)
+            job = self._move(job, S.RUNNING, f"attempt {attempt} of {job.max_attempts} started in queue {queue}", attempts=attempt, progress=0.0, queue=queue)
             if job is None:
                 continue
             inputs = [str(self._local(i.dst_path)) for i in self.store.items(job.id, "in")]
-            fut = self.compute.submit(run_attempt, job.workload, job.params, inputs, str(self._local(rel)), key=f"rtlib-job-{job.id}-{attempt}-{token}")
+            args = (run_attempt, job.workload, job.params, inputs, str(self._local(rel)))
+            key = f"rtlib-job-{job.id}-{attempt}-{token}"
+            submit_job = getattr(self.compute, "submit_job", None)
+            if submit_job is None:
+                fut = self.compute.submit(*args, key=key)
+            else:
+                fut = submit_job(*args, key=key, queue=queue, account=job.account,
+                                 scheduler_account=accounting.scheduler_account(self.settings, job.account))  # fmt: skip
             self.runs[job.id] = _Run(fut, rel, attempt)
             self.stats.runs_started += 1
             started = True
         return started
+
+    def _admit(self, job: Job) -> str | None:
+        """The queue a STAGED_IN job runs in, or None after failing it (fits no queue) or holding it (over budget)."""
+        try:
+            queue = choose_queue(self.site, job.workload, job.priority, requested=job.queue).name
+        except (NoQueueFits, RtlibError) as err:
+            self._fail(job, f"not submitted: {err}")
+            return None
+        request = request_for(self.site, job.workload)
+        ledger = self._current_ledger()
+        reason = ledger.hold_reason(job.account, request)
+        if reason is not None:
+            log.info("job %s %s", job.id, reason)
+            if self._move(job, S.HELD, reason, error=reason) is not None:
+                self.held.add(job.id)
+            return None
+        ledger.reserve(job.account, request)
+        return queue
+
+    def _current_ledger(self) -> accounting.Ledger:
+        # one snapshot per second: budgets and usage change slowly; this agent's own starts reserve into it
+        if self._ledger is None or time.monotonic() - self._ledger.taken > 1.0:
+            self._ledger = accounting.Ledger(self.settings, self.store)
+        return self._ledger
+
+    def _release_held(self) -> bool:
+        """Send held jobs back to STAGED_IN once their suballocation can pay for them (oldest first)."""
+        ledger = accounting.Ledger(self.settings, self.store)  # fresh, and private: _start_runs re-checks with its own
+        self._ledger = None
+        released = False
+        for job_id in sorted(self.held):
+            job = self.jobs.get(job_id)
+            if job is None or job.state != S.HELD:
+                self.held.discard(job_id)
+                continue
+            request = request_for(self.site, job.workload)
+            if ledger.hold_reason(job.account, request) is not None:
+                continue
+            self.held.discard(job_id)
+            job = self._move(job, S.STAGED_IN, f"released: account {job.account} can now pay {request.node_hours:.4g} node-hours", error=None)
+            if job:
+                ledger.reserve(job.account, request)  # keep later held jobs from all being released on one budget
+                self._queue_for_run(job)
+                released = True
+        return released
 
     def _collect_runs(self) -> bool:
         changed = False

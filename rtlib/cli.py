@@ -196,7 +196,7 @@ def status(
             return
         console.print(f"job {j.id} [bold]{j.state.value}[/] {j.workload} {j.source_endpoint}:{','.join(j.inputs)} attempts {j.attempts}/{j.max_attempts}")
         if j.error:
-            console.print(f"[red]error:[/] {j.error}")
+            console.print(f"[yellow]{j.error}[/]" if j.state.value == "HELD" else f"[red]error:[/] {j.error}")
         t = Table("time", "from", "to", "reason")
         for e in events:
             t.add_row(time.strftime("%H:%M:%S", time.localtime(e["timestamp"])), e["from_state"] or "", e["to_state"], e["reason"])
@@ -368,11 +368,19 @@ from .cli_laue import laue_app, synth_laue  # noqa: E402
 app.add_typer(laue_app, name="laue")
 synth_app.command("laue")(synth_laue)
 
+from .cli_hpc import accounts as _accounts_cmd  # noqa: E402
+
+app.command("accounts")(_accounts_cmd)
+
 from .cli_transfer import login as _login_cmd  # noqa: E402  (commands defined in their own module)
 from .cli_transfer import transfer as _transfer_cmd  # noqa: E402
 
 app.command("transfer")(_transfer_cmd)
 app.command("login")(_login_cmd)
+
+from .cli_kernel import kernel_app  # noqa: E402
+
+app.add_typer(kernel_app, name="kernel")
 
 
 def main() -> None:

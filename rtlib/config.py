@@ -67,9 +67,53 @@ class Beamline(_Strict):
 
 class Queue(_Strict):
     name: str
-    max_nodes: int = Field(1, ge=1)
+    max_nodes: int = Field(1, ge=1, description="most batch jobs (one node each) rtlib keeps in this queue at once")
     max_walltime_min: float = Field(60, gt=0)
     preemptable: bool = False
+    scheduler_queue: str | None = Field(None, description="the queue/partition name the scheduler knows; default `name`")
+    job_walltime_min: float | None = Field(None, gt=0, description="walltime of each worker batch job; default max_walltime_min")
+    queued_limit_s: float = Field(600, gt=0, description="a worker batch job still queued after this is cancelled and submitted again")
+    extra_directives: list[str] = Field(default_factory=list, description="more #PBS/#SBATCH lines (without the prefix)")
+
+    @model_validator(mode="after")
+    def _job_walltime_fits(self) -> "Queue":
+        if self.job_walltime_min is not None and self.job_walltime_min > self.max_walltime_min:
+            raise ValueError(f"job_walltime_min {self.job_walltime_min:g} exceeds max_walltime_min {self.max_walltime_min:g} of queue {self.name!r}")
+        return self
+
+
+class Resources(_Strict):
+    """What one analysis task of a workload asks for: checked against the queues and the budget."""
+
+    nodes: int = Field(1, ge=1)
+    walltime_min: float = Field(30, gt=0)
+
+
+class QueuePolicy(_Strict):
+    """Which queue a job goes to when it names none (see rtlib/compute/policy.py)."""
+
+    urgent_min_priority: int = Field(0, description="jobs with priority >= this are real-time (demand queues first); lower ones are bulk (preemptable first)")
+    default: Resources = Field(default_factory=Resources)
+    workloads: dict[str, Resources] = Field(default_factory=dict, description="per-workload requests overriding `default`")
+
+
+class JobqueueOptions(_Strict):
+    """How dask-jobqueue batch jobs look at a PBS or Slurm site (one node per batch job, one dask worker per node)."""
+
+    system: Literal["generic", "polaris", "aurora"] = Field("generic", description="adds the PBS resource lines these ALCF systems need")
+    cores_per_node: int = Field(1, ge=1, description="dask worker threads per node")
+    memory_per_node_gb: float = Field(1.0, gt=0)
+    prologue: list[str] = Field(default_factory=list, description="shell lines run before the worker (module load, export ...)")
+    filesystems: str | None = Field(None, description="PBS `-l filesystems=` value, e.g. home:eagle (required on Polaris/Aurora)")
+    python: str | None = Field(None, description="python on the compute nodes; default the agent's interpreter")
+    scheduler_host: str | None = Field(None, description="address the workers connect back to; default dask's choice")
+    interface: str | None = Field(None, description="network interface for workers and scheduler (e.g. hsn0)")
+    commands_dir: Path | None = Field(None, description="directory holding sbatch/qsub etc.; default PATH")
+    log_directory: Path | None = None
+    idle_timeout_s: float = Field(10, gt=0, description="an idle worker leaves (and stops being charged) after this")
+    lost_worker_timeout_s: float = Field(2, gt=0, description="a vanished worker's batch job is replaced after this")
+    submit_retries: int = Field(1, ge=0, description="failed submissions retried before the waiting jobs fail")
+    death_timeout_s: float = Field(60, gt=0, description="a worker that cannot reach the agent's scheduler exits after this")
 
 
 class Site(_Strict):
@@ -78,10 +122,19 @@ class Site(_Strict):
     workers: int = Field(2, ge=1, description="LocalCluster worker processes")
     threads_per_worker: int = Field(1, ge=1)
     queues: list[Queue] = Field(default_factory=lambda: [Queue(name="demand")])
+    policy: QueuePolicy = Field(default_factory=QueuePolicy)
+    jobqueue: JobqueueOptions = Field(default_factory=JobqueueOptions)
+
+    def queue(self, name: str) -> Queue:
+        for q in self.queues:
+            if q.name == name:
+                return q
+        raise ConfigError(f"this site has no queue {name!r}; its queues: {', '.join(q.name for q in self.queues)}")
 
 
 class Account(_Strict):
     node_hours: float = Field(ge=0)
+    scheduler_account: str | None = Field(None, description="what goes to the scheduler's -A; default the project part of the name")
 
 
 class AgentSettings(_Strict):

@@ -9,6 +9,7 @@ from .errors import ConfigError, EndpointError, IllegalTransition, RtlibError
 from .states import TERMINAL, State
 from .store import JobSpec, JobStore
 from .workloads import get_workload
+from .compute.policy import choose_queue
 
 
 def parse_location(text: str) -> tuple[str, str]:
@@ -70,7 +71,7 @@ def submit(
         dest_endpoint=dest_endpoint,
         output_path=output_path,
         site=site,
-        queue=queue or site_cfg.queues[0].name,
+        queue=choose_queue(site_cfg, workload, priority, requested=queue).name,  # policy rule unless named; must fit
         account=account,
         beamline=beamline,
         priority=priority,

@@ -3,19 +3,28 @@
 The Jupyter layer only wires HTTP (or a widget, or a magic) to a `JobManager`;
 every rule lives here or below, and is tested without a server. Errors are
 `ApiError`s carrying an HTTP status and, for a bad field, its name.
+
+Every path a request names is checked against its endpoint's root here,
+before anything is recorded or copied. Ad-hoc transfers (outside any job)
+are tracked in memory by `rtlib.transfer.adhoc`; job events come from the
+store's append-only event log, newest id last, for the live event stream.
 """
 
 from __future__ import annotations
 
+import threading
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from . import jobs as jobops
 from .config import Settings
-from .errors import EndpointError, IllegalTransition, JobNotFound, ParameterError, RtlibError, UnknownWorkload
-from .states import State
-from .store import Job, JobStore
+from .errors import EndpointError, IllegalTransition, InputDataError, JobNotFound, ParameterError, RtlibError, UnknownWorkload
+from .states import TERMINAL, State
+from .store import Event, Job, JobStore
+from .transfer.base import TransferBackend
+from .transfer.local import LocalTransferBackend
 from .workloads import get_workload, workload_names
 
 MAX_PAGE = 500
@@ -31,6 +40,11 @@ class ApiError(Exception):
         return {"error": self.message, **({"field": self.field} if self.field else {})}
 
 
+def event_to_dict(event: Event) -> dict[str, Any]:
+    """An event row, with `state` (the state entered) and `time` as the live stream names them."""
+    return {**event.__dict__, "state": event.to_state, "time": event.timestamp}
+
+
 def job_to_dict(job: Job, now: float | None = None) -> dict[str, Any]:
     d = job.to_dict()
     d.pop("lease_owner", None)  # internal: which agent process holds it
@@ -40,9 +54,55 @@ def job_to_dict(job: Job, now: float | None = None) -> dict[str, Any]:
 
 
 class JobManager:
-    def __init__(self, settings: Settings, store: JobStore):
+    """One per process that serves people (Jupyter server, kernel). `transfer`: default, the configured backend."""
+
+    def __init__(self, settings: Settings, store: JobStore, transfer: TransferBackend | None = None):
         self.settings = settings
         self.store = store
+        self._transfer = transfer
+        self._adhoc = None
+        self._lock = threading.Lock()
+        rooted = {name: ep.root for name, ep in settings.endpoints.items() if ep.root is not None}
+        self._roots = LocalTransferBackend(rooted, retries=0)  # only for path checks: it never copies
+
+    @classmethod
+    def from_config(cls, config: str | Path | None = None, workspace: str | Path | None = None) -> "JobManager":
+        """The manager of the effective config: --config, $RTLIB_CONFIG, ./rtlib.toml, else the embedded default."""
+        from . import config as cfg
+        from .runtime import open_store
+
+        settings = cfg.load(config or None, workspace=workspace or None)
+        cfg.ensure_workspace(settings)
+        return cls(settings, open_store(settings.store))
+
+    @property
+    def transfer_backend(self) -> TransferBackend:
+        with self._lock:
+            if self._transfer is None:
+                from .transfer.factory import make_transfer_backend
+
+                self._transfer = make_transfer_backend(self.settings)
+            return self._transfer
+
+    def close(self) -> None:
+        if self._adhoc is not None:
+            self._adhoc.close()
+        if self._transfer is not None:
+            self._transfer.close()
+        self.store.close()
+
+    def check_path(self, endpoint: str, path: str, field: str) -> None:
+        """400 naming `field` unless `path` stays inside the root of `endpoint` (when this machine mounts it)."""
+        try:
+            ep = self.settings.endpoint(endpoint)
+            if not path or not str(path).strip():
+                raise EndpointError(f"empty path on endpoint {endpoint!r}; give a path relative to its root")
+            if ".." in str(path).replace("\\", "/").split("/"):
+                raise EndpointError(f"{endpoint}:{path}: '..' is not allowed; give a path inside the endpoint's root")
+            if ep.root is not None:  # absolute paths and symlinks leading out of the root
+                self._roots.resolve(endpoint, str(path))
+        except EndpointError as err:
+            raise ApiError(400, str(err), field) from None
 
     # -- reading -----------------------------------------------------------
     def sites(self) -> list[dict[str, Any]]:
@@ -80,7 +140,7 @@ class JobManager:
         items = self.store.items(job_id)
         return {
             **job_to_dict(job),
-            "events": [e.__dict__ for e in self.store.events(job_id)],
+            "events": [event_to_dict(e) for e in self.store.events(job_id)],
             "transfers": {
                 direction: {"files": sum(1 for i in items if i.direction == direction),
                             "done": sum(1 for i in items if i.direction == direction and i.state == "done"),
@@ -89,32 +149,60 @@ class JobManager:
             },
         }
 
-    def events(self, after_id: int = 0, limit: int = 500) -> list[dict[str, Any]]:
-        return [e.__dict__ for e in self.store.events(after_id=after_id, limit=min(limit, MAX_PAGE))]
+    def events(self, after_id: int = 0, limit: int = 500, job_id: int | None = None) -> list[dict[str, Any]]:
+        """Events with id > after_id, oldest first: what a stream resumed at `after_id` sends next."""
+        if after_id < 0:
+            raise ApiError(400, f"since must be an event id >= 0, got {after_id}", "since")
+        return [event_to_dict(e) for e in self.store.events(job_id, after_id=after_id, limit=min(limit, MAX_PAGE))]
+
+    def last_event_id(self) -> int:
+        """Where a live stream with no `since` starts: only events after this one are new."""
+        import sqlalchemy as sa
+
+        from .store import events_t
+
+        with self.store.engine.connect() as conn:
+            return int(conn.execute(sa.select(sa.func.max(events_t.c.id))).scalar() or 0)
+
+    def wait_for(self, job_id: int, *, timeout_s: float | None = None, poll_s: float = 0.25) -> dict[str, Any]:
+        """Block until the job reaches DONE, FAILED or CANCELLED; ApiError 408 after timeout_s."""
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        while True:
+            job = self.get_job(job_id)
+            if State(job["state"]) in TERMINAL:
+                return job
+            if deadline is not None and time.monotonic() > deadline:
+                raise ApiError(408, f"job {job_id} is still {job['state']} after {timeout_s:g} s; "
+                                    "is an agent running for its site? (`rtlib agent`, or `%rtlib agent start`)")
+            time.sleep(poll_s)
 
     # -- changing ----------------------------------------------------------
     def submit(self, body: dict[str, Any]) -> dict[str, Any]:
-        """Body: workload, source (ENDPOINT:PATH or a list of them), optional dest, params, site, queue, account, beamline, priority."""
-        allowed = {"workload", "source", "dest", "params", "site", "queue", "account", "beamline", "priority"}
+        """Body: workload; the input as `input` {endpoint, path}, `inputs` [{endpoint, path}, ...] or
+        `source` (ENDPOINT:PATH or a list of them); optional dest, params, site, queue, account, beamline, priority."""
+        if not isinstance(body, dict):
+            raise ApiError(400, "the body must be a JSON object with at least workload and input")
+        allowed = {"workload", "source", "input", "inputs", "dest", "params", "site", "queue", "account", "beamline", "priority"}
         unknown = sorted(set(body) - allowed)
         if unknown:
             raise ApiError(400, f"unknown field(s) {', '.join(unknown)}; allowed: {', '.join(sorted(allowed))}", unknown[0])
-        for required in ("workload", "source"):
-            if not body.get(required):
-                raise ApiError(400, f"{required} is required", required)
-        sources = body["source"] if isinstance(body["source"], list) else [body["source"]]
-        try:
-            locs = [jobops.parse_location(str(s)) for s in sources]
-        except EndpointError as err:
-            raise ApiError(400, str(err), "source") from None
+        if not body.get("workload"):
+            raise ApiError(400, "workload is required", "workload")
+        given = [k for k in ("input", "inputs", "source") if body.get(k)]
+        if not given:
+            raise ApiError(400, "source is required: give input {endpoint, path}, inputs [...] or source ENDPOINT:PATH", "source")
+        if len(given) > 1:
+            raise ApiError(400, f"give only one of input, inputs and source (got {', '.join(given)})", given[1])
+        key = given[0]
+        locs = _locations(body[key], key)
         if len({ep for ep, _ in locs}) != 1:
-            raise ApiError(400, "all inputs of one job must be on one endpoint", "source")
+            raise ApiError(400, "all inputs of one job must be on one endpoint", key)
+        for ep, path in locs:
+            self.check_path(ep, path, key)
         kwargs: dict[str, Any] = {}
         if body.get("dest"):
-            try:
-                kwargs["dest_endpoint"], kwargs["output_path"] = jobops.parse_location(str(body["dest"]))
-            except EndpointError as err:
-                raise ApiError(400, str(err), "dest") from None
+            (kwargs["dest_endpoint"], kwargs["output_path"]), = _locations(body["dest"], "dest")
+            self.check_path(kwargs["dest_endpoint"], kwargs["output_path"].replace("{job_id}", "0").replace("{workload}", "w"), "dest")
         params = body.get("params") or {}
         if not isinstance(params, dict):
             raise ApiError(400, "params must be an object of parameter names to values", "params")
@@ -129,9 +217,9 @@ class JobManager:
         except ParameterError as err:
             raise ApiError(400, str(err), _parameter_field(err, params)) from None
         except EndpointError as err:
-            raise ApiError(400, str(err), "source") from None
+            raise ApiError(400, str(err), key) from None
         except RtlibError as err:
-            raise ApiError(400, str(err)) from None
+            raise ApiError(400, str(err), _config_field(str(err))) from None
         return self.get_job(job_id)
 
     def cancel(self, job_id: int) -> dict[str, Any]:
@@ -150,6 +238,86 @@ class JobManager:
         except RtlibError as err:
             raise ApiError(409, str(err)) from None
         return self.get_job(job_id)
+
+
+    # -- ad-hoc transfers ---------------------------------------------------
+    @property
+    def adhoc(self):
+        from .transfer.adhoc import AdhocTransfers
+
+        backend = self.transfer_backend  # takes the lock itself
+        with self._lock:
+            if self._adhoc is None:
+                self._adhoc = AdhocTransfers(backend)
+            return self._adhoc
+
+    def start_transfer(self, body: dict[str, Any]) -> dict[str, Any]:
+        """Body: source and destination, each {endpoint, path} or ENDPOINT:PATH. Refused (400) before anything is written."""
+        if not isinstance(body, dict):
+            raise ApiError(400, "the body must be a JSON object with source and destination")
+        unknown = sorted(set(body) - {"source", "destination"})
+        if unknown:
+            raise ApiError(400, f"unknown field(s) {', '.join(unknown)}; allowed: destination, source", unknown[0])
+        where = {}
+        for key in ("source", "destination"):
+            if not body.get(key):
+                raise ApiError(400, f"{key} is required: {{\"endpoint\": NAME, \"path\": PATH}}", key)
+            (ep, path), = _locations(body[key], key)
+            self.check_path(ep, path, key)
+            where[key] = f"{ep}:{path}"
+        try:
+            return self.adhoc.start(where["source"], where["destination"])
+        except InputDataError as err:  # nothing at the source path
+            raise ApiError(400, str(err), "source") from None
+        except EndpointError as err:
+            field = "destination" if where["destination"].split(":", 1)[0] in str(err) and "destination" in str(err) else "source"
+            raise ApiError(400, str(err), field) from None
+        except RtlibError as err:
+            raise ApiError(400, str(err), "source") from None
+
+    def get_transfer(self, transfer_id: int) -> dict[str, Any]:
+        try:
+            return self.adhoc.get(transfer_id)
+        except RtlibError as err:
+            raise ApiError(404, str(err)) from None
+
+    def list_transfers(self) -> dict[str, Any]:
+        return {"transfers": self.adhoc.list()}
+
+    def wait_transfer(self, transfer_id: int, timeout_s: float | None = None) -> dict[str, Any]:
+        self.get_transfer(transfer_id)
+        return self.adhoc.wait(transfer_id, timeout_s)
+
+
+def _locations(value: Any, field: str) -> list[tuple[str, str]]:
+    """{endpoint, path}, "ENDPOINT:PATH", or a list of either -> [(endpoint, path)]; 400 naming `field` otherwise."""
+    items = value if isinstance(value, list) else [value]
+    if not items:
+        raise ApiError(400, f"{field} is empty; give at least one {{endpoint, path}}", field)
+    out = []
+    for item in items:
+        if isinstance(item, dict):
+            extra = sorted(set(item) - {"endpoint", "path"})
+            if extra or not isinstance(item.get("endpoint"), str) or not isinstance(item.get("path"), str) \
+                    or not item["endpoint"] or not item["path"]:
+                raise ApiError(400, f"{field} must be {{\"endpoint\": NAME, \"path\": PATH}} with two non-empty strings, got {item!r}", field)
+            out.append((item["endpoint"], item["path"]))
+        elif isinstance(item, str):
+            try:
+                out.append(jobops.parse_location(item))
+            except EndpointError as err:
+                raise ApiError(400, str(err), field) from None
+        else:
+            raise ApiError(400, f"{field} must be {{endpoint, path}} or ENDPOINT:PATH, got {type(item).__name__}", field)
+    return out
+
+
+def _config_field(message: str) -> str | None:
+    """The request field a config refusal is about (unknown site, queue, beamline, account)."""
+    for word in ("queue", "site", "beamline", "account"):
+        if message.startswith(f"unknown {word}") or f"has no {word}" in message:
+            return word
+    return None
 
 
 def _parameter_field(err: ParameterError, params: dict[str, Any]) -> str:

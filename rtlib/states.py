@@ -3,6 +3,9 @@
 CREATED -> STAGING_IN -> STAGED_IN -> RUNNING -> RUN_DONE -> STAGING_OUT -> DONE.
 PREEMPTED is first-class: a job whose worker vanished goes back to STAGED_IN
 (its inputs are still on scratch) while its retry budget lasts, else FAILED.
+HELD is where a staged job waits, never sent to a scheduler, while its
+run would exceed its suballocation's remaining node-hour budget (the reason
+is in the job's `error`); it goes back to STAGED_IN when the budget allows.
 FAILED and CANCELLED are terminal until a person asks for a retry, which
 starts the job again from CREATED. DONE is final.
 """
@@ -24,6 +27,7 @@ class State(str, Enum):
     DONE = "DONE"
     FAILED = "FAILED"
     PREEMPTED = "PREEMPTED"
+    HELD = "HELD"
     CANCELLED = "CANCELLED"
 
     def __str__(self) -> str:
@@ -36,7 +40,8 @@ _STOPPABLE = {S.FAILED, S.CANCELLED}
 TRANSITIONS: dict[State, frozenset[State]] = {
     S.CREATED: frozenset({S.STAGING_IN} | _STOPPABLE),
     S.STAGING_IN: frozenset({S.STAGED_IN} | _STOPPABLE),
-    S.STAGED_IN: frozenset({S.RUNNING} | _STOPPABLE),
+    S.STAGED_IN: frozenset({S.RUNNING, S.HELD} | _STOPPABLE),
+    S.HELD: frozenset({S.STAGED_IN} | _STOPPABLE),
     S.RUNNING: frozenset({S.RUN_DONE, S.PREEMPTED} | _STOPPABLE),
     S.RUN_DONE: frozenset({S.STAGING_OUT} | _STOPPABLE),
     S.STAGING_OUT: frozenset({S.DONE} | _STOPPABLE),

@@ -80,6 +80,32 @@ events_t = sa.Table(
     sa.Column("agent", sa.String(128)),
 )
 
+# Node-hours actually used: one row per dask worker (one batch-job node) from when it joined the
+# scheduler to when it left. New tables only (no new columns): old SQLite files gain them on open.
+usage_t = sa.Table(
+    "usage",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("account", sa.String(128), nullable=False, index=True),
+    sa.Column("site", sa.String(64), nullable=False),
+    sa.Column("queue", sa.String(64), nullable=False),
+    sa.Column("batch_job", sa.String(64)),
+    sa.Column("worker", sa.String(128)),
+    sa.Column("nodes", sa.Integer, nullable=False, default=1),
+    sa.Column("started_at", sa.Float, nullable=False),
+    sa.Column("ended_at", sa.Float, nullable=False),
+    sa.Column("node_hours", sa.Float, nullable=False),
+)
+
+# Budgets changed at run time (`rtlib accounts --set`); they override the config's node_hours.
+budgets_t = sa.Table(
+    "budgets",
+    metadata,
+    sa.Column("account", sa.String(128), primary_key=True),
+    sa.Column("node_hours", sa.Float, nullable=False),
+    sa.Column("updated_at", sa.Float, nullable=False),
+)
+
 
 @dataclass(frozen=True)
 class Job:
@@ -436,6 +462,41 @@ class JobStore:
             q = q.limit(limit)
         with self.engine.connect() as conn:
             return [Event.from_row(r) for r in conn.execute(q)]
+
+    # -- allocations --------------------------------------------------------
+    def record_usage(
+        self, *, account: str, site: str, queue: str, started_at: float, ended_at: float,
+        nodes: int = 1, batch_job: str | None = None, worker: str | None = None,
+    ) -> None:
+        hours = max(0.0, ended_at - started_at) / 3600 * nodes
+        with self.engine.begin() as conn:
+            conn.execute(usage_t.insert().values(
+                account=account, site=site, queue=queue, batch_job=batch_job, worker=worker,
+                nodes=nodes, started_at=started_at, ended_at=ended_at, node_hours=hours,
+            ))  # fmt: skip
+
+    def usage_rows(self, account: str | None = None) -> list[dict[str, Any]]:
+        q = sa.select(usage_t).order_by(usage_t.c.id)
+        if account is not None:
+            q = q.where(usage_t.c.account == account)
+        with self.engine.connect() as conn:
+            return [dict(r._mapping) for r in conn.execute(q)]
+
+    def used_node_hours(self) -> dict[str, float]:
+        """Node-hours charged so far, per account (suballocation)."""
+        q = sa.select(usage_t.c.account, sa.func.sum(usage_t.c.node_hours)).group_by(usage_t.c.account)
+        with self.engine.connect() as conn:
+            return {a: float(h or 0.0) for a, h in conn.execute(q)}
+
+    def set_budget(self, account: str, node_hours: float) -> None:
+        with self.engine.begin() as conn:
+            n = conn.execute(budgets_t.update().where(budgets_t.c.account == account).values(node_hours=node_hours, updated_at=time.time())).rowcount
+            if n == 0:
+                conn.execute(budgets_t.insert().values(account=account, node_hours=node_hours, updated_at=time.time()))
+
+    def budget_overrides(self) -> dict[str, float]:
+        with self.engine.connect() as conn:
+            return {a: float(h) for a, h in conn.execute(sa.select(budgets_t.c.account, budgets_t.c.node_hours))}
 
 
 def dumps(obj: Any) -> str:

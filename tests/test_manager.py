@@ -72,3 +72,118 @@ def test_paging_limits(manager):
     with pytest.raises(ApiError) as e:
         manager.list_jobs(state="RUNNIN")
     assert e.value.field == "state" and "RUNNING" in e.value.message
+
+
+# -- inputs as the REST API sends them ---------------------------------------------------------
+def test_submit_takes_input_objects_and_checks_them_against_the_root(manager, tmp_path):
+    (ep, rel), = produce(manager.settings, 1)
+    job = manager.submit({"workload": "noop", "input": {"endpoint": ep, "path": rel}})
+    assert job["source_endpoint"] == ep and job["inputs"] == [rel]
+    job = manager.submit({"workload": "noop", "inputs": [{"endpoint": ep, "path": rel}, f"{ep}:raw"]})
+    assert job["inputs"] == [rel, "raw"]
+    outside = tmp_path / "secret.h5"
+    outside.write_bytes(b"x")
+    for body, field, words in [
+        ({"workload": "noop", "input": {"endpoint": ep, "path": str(outside)}}, "input", "outside the endpoint root"),
+        ({"workload": "noop", "inputs": [{"endpoint": ep, "path": rel}, {"endpoint": "als", "path": "b"}]}, "inputs", "one endpoint"),
+        ({"workload": "noop", "input": {"endpoint": ep}}, "input", "two non-empty strings"),
+        ({"workload": "noop", "input": {"endpoint": ep, "path": rel}, "source": f"{ep}:{rel}"}, "source", "only one of"),
+        ({"workload": "noop", "input": {"endpoint": ep, "path": rel}, "dest": f"als:{outside}"}, "dest", "outside the endpoint root"),
+        ({"workload": "noop", "input": {"endpoint": ep, "path": rel}, "queue": "express"}, "queue", "express"),
+    ]:
+        with pytest.raises(ApiError) as e:
+            manager.submit(body)
+        assert e.value.status == 400 and e.value.field == field and words in e.value.message, body
+    assert len(manager.list_jobs()["jobs"]) == 2
+
+
+def test_symlink_leading_out_of_the_root_is_refused(manager, tmp_path):
+    root = manager.settings.endpoints["aps"].root
+    (tmp_path / "elsewhere").mkdir()
+    (root / "link").symlink_to(tmp_path / "elsewhere")
+    with pytest.raises(ApiError) as e:
+        manager.submit({"workload": "noop", "input": {"endpoint": "aps", "path": "link/data.h5"}})
+    assert e.value.field == "input" and "outside the endpoint root" in e.value.message
+
+
+# -- events ----------------------------------------------------------------------------------------
+def test_events_resume_after_an_id(manager):
+    (ep, rel), = produce(manager.settings, 1)
+    assert manager.last_event_id() == 0
+    a = manager.submit({"workload": "noop", "source": f"{ep}:{rel}"})
+    mark = manager.last_event_id()
+    b = manager.submit({"workload": "noop", "source": f"{ep}:{rel}"})
+    manager.cancel(b["id"])
+    new = manager.events(mark)
+    assert [(e["job_id"], e["state"], e["from_state"]) for e in new] == [(b["id"], "CREATED", None), (b["id"], "CANCELLED", "CREATED")]
+    assert all({"id", "job_id", "state", "reason", "time"} <= set(e) for e in new)
+    assert new[1]["reason"] == "cancelled by user" and new[1]["time"] >= new[0]["time"]
+    assert manager.last_event_id() == new[-1]["id"]
+    assert [e["job_id"] for e in manager.events(0, job_id=a["id"])] == [a["id"]]
+    assert manager.events(manager.last_event_id()) == []
+    with pytest.raises(ApiError) as e:
+        manager.events(-1)
+    assert e.value.field == "since"
+
+
+def test_wait_for_returns_at_a_final_state_or_times_out(manager):
+    (ep, rel), = produce(manager.settings, 1)
+    job = manager.submit({"workload": "noop", "source": f"{ep}:{rel}"})
+    with pytest.raises(ApiError) as e:
+        manager.wait_for(job["id"], timeout_s=0.1, poll_s=0.02)
+    assert e.value.status == 408 and "agent" in e.value.message
+    manager.cancel(job["id"])
+    assert manager.wait_for(job["id"], timeout_s=1)["state"] == "CANCELLED"
+
+
+# -- ad-hoc transfers ----------------------------------------------------------------------------
+def test_adhoc_transfer_of_a_directory(manager):
+    produce(manager.settings, 2)  # raw/scan-000.h5 at aps, raw/scan-001.h5 at als
+    produce(manager.settings, 1, seed=5)  # overwrite aps's
+    src_root = manager.settings.endpoints["aps"].root
+    (src_root / "raw" / "sub").mkdir()
+    (src_root / "raw" / "sub" / "notes.txt").write_text("beam dump at 12:03")
+    tr = manager.start_transfer({"source": {"endpoint": "aps", "path": "raw"}, "destination": "alcf:copies/raw"})
+    assert tr["state"] in ("ACTIVE", "SUCCEEDED") and tr["files_total"] == 2
+    total = sum(p.stat().st_size for p in (src_root / "raw").rglob("*") if p.is_file())
+    assert tr["bytes_total"] == total
+    done = manager.wait_transfer(tr["id"], timeout_s=30)
+    assert done["state"] == "SUCCEEDED" and done["bytes_done"] == total and done["files_done"] == 2 and done["fraction"] == 1.0
+    assert done["finished_at"] >= done["started_at"]
+    dst = manager.settings.endpoints["alcf"].root / "copies" / "raw"
+    assert (dst / "sub" / "notes.txt").read_text() == "beam dump at 12:03"
+    assert (dst / "scan-000.h5").read_bytes() == (src_root / "raw" / "scan-000.h5").read_bytes()
+    assert [t["id"] for t in manager.list_transfers()["transfers"]] == [tr["id"]]
+    assert manager.get_transfer(tr["id"])["state"] == "SUCCEEDED"
+    with pytest.raises(ApiError) as e:
+        manager.get_transfer(99)
+    assert e.value.status == 404
+
+
+def test_adhoc_transfer_failure_is_recorded_with_its_reason(manager):
+    (ep, rel), = produce(manager.settings, 1)
+    blocker = manager.settings.endpoints["als"].root / "taken"
+    blocker.write_text("a file where a directory is needed")
+    tr = manager.start_transfer({"source": f"{ep}:{rel}", "destination": "als:taken/scan.h5"})
+    done = manager.wait_transfer(tr["id"], timeout_s=30)
+    assert done["state"] == "FAILED" and done["files_failed"] == 1
+    assert "taken" in done["errors"][0]
+
+
+def test_adhoc_transfer_refusals_write_nothing(manager, tmp_path):
+    (ep, rel), = produce(manager.settings, 1)
+    for body, field, words in [
+        ({"source": f"{ep}:{rel}", "destination": {"endpoint": "als", "path": "../../../escaped.h5"}}, "destination", "'..' is not allowed"),
+        ({"source": f"{ep}:{rel}", "destination": {"endpoint": "als", "path": str(tmp_path / "escaped.h5")}}, "destination", "outside"),
+        ({"source": {"endpoint": ep, "path": str(tmp_path)}, "destination": "als:x"}, "source", "outside"),
+        ({"source": f"{ep}:raw/none.h5", "destination": "als:x"}, "source", "does not exist"),
+        ({"source": f"{ep}:{rel}", "destination": "moon:x"}, "destination", "unknown endpoint"),
+        ({"source": f"{ep}:{rel}"}, "destination", "destination is required"),
+        ({"source": f"{ep}:{rel}", "destination": "als:x", "mode": "fast"}, "mode", "unknown field"),
+    ]:
+        with pytest.raises(ApiError) as e:
+            manager.start_transfer(body)
+        assert e.value.status == 400 and e.value.field == field and words in e.value.message, body
+    assert manager.list_transfers()["transfers"] == []
+    assert not (tmp_path / "escaped.h5").exists()
+    assert [p for p in manager.settings.endpoints["als"].root.rglob("*")] == []

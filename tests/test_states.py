@@ -106,3 +106,15 @@ def test_unknown_state_name_is_refused():
 def test_state_prints_as_its_value():
     assert str(S.STAGED_IN) == "STAGED_IN"
     assert f"{S.RUN_DONE}" == "RUN_DONE"
+
+
+def test_held_sits_between_staged_in_and_running():
+    check_transition(S.STAGED_IN, S.HELD)  # over budget: never sent to the scheduler
+    check_transition(S.HELD, S.STAGED_IN)  # budget raised: queued for a run again
+    assert TRANSITIONS[S.HELD] == {S.STAGED_IN, S.FAILED, S.CANCELLED}
+    assert S.HELD in ACTIVE
+    for other in (S.CREATED, S.STAGING_IN, S.RUNNING, S.RUN_DONE, S.STAGING_OUT, S.PREEMPTED):
+        with pytest.raises(IllegalTransition):
+            check_transition(other, S.HELD)
+    with pytest.raises(IllegalTransition):
+        check_transition(S.HELD, S.RUNNING)  # a held job is re-checked against the budget first

@@ -30,6 +30,17 @@ class ComputeBackend(ABC):
     @abstractmethod
     def close(self) -> None: ...
 
+    def submit_job(
+        self, fn: Callable[..., Any], *args: Any, key: str, queue: str | None = None, account: str | None = None, scheduler_account: str | None = None
+    ) -> Any:
+        """Submit one job's task to a queue, charged to `account` (`scheduler_account` is its -A). Backends without queues ignore them."""
+        return self.submit(fn, *args, key=key)
+
+    def set_usage_sink(self, sink: Callable[..., None] | None) -> None:
+        """Where to report worker run time: sink(account=, queue=, started_at=, ended_at=, nodes=, batch_job=, worker=).
+
+        Backends whose workers cost nothing (the LocalCluster) report nothing."""
+
     def __enter__(self) -> "ComputeBackend":
         self.start()
         return self
@@ -43,4 +54,8 @@ def make_backend(site: Site) -> ComputeBackend:
         from .local import LocalDaskBackend
 
         return LocalDaskBackend(workers=site.workers, threads_per_worker=site.threads_per_worker)
+    if site.compute in ("slurm", "pbs"):
+        from .jobqueue import JobqueueBackend
+
+        return JobqueueBackend(site)
     raise ConfigError(f"compute backend {site.compute!r} is not available in this version; use compute = \"local\"")
