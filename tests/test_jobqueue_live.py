@@ -292,3 +292,37 @@ def test_pbs_cluster_runs_live_through_qsub_over_slurm(tmp_path, slurm):
         rt.close()
     finished = [row for row in slurm.completed() if row["Name"] == "rtlib-demand" and row["JobId"] in set(pool.batch_ids.values())]
     assert finished and finished[0]["Partition"] == "demand" and finished[0]["Account"] == "rtlib_aps"
+
+
+def test_shell_text_in_a_job_reaches_the_scheduler_only_as_data(tmp_path, slurm):
+    """Issue 10: a file name or a field holding shell syntax never runs; it is refused or carried as data."""
+    settings = hpc_settings(tmp_path)
+    canary = tmp_path / "PWNED"
+    home_canary = tmp_path / "home" / "keep.txt"
+    home_canary.parent.mkdir()
+    home_canary.write_text("still here")
+    rel = f"raw/scan; rm -rf {home_canary.parent} $(touch {canary}) `touch {canary}`.h5"
+    src = Path(settings.endpoints["aps"].root) / rel
+    src.parent.mkdir(parents=True, exist_ok=True)
+    src.write_bytes(b"x" * 1234)
+    rt = open_runtime(settings)
+    try:
+        # fields that reach the batch script are checked against the config before anything is submitted
+        for bad in ({"account": "rtlib::aps; rm -rf ~"}, {"queue": "demand; rm -rf ~"}):
+            with pytest.raises(Exception) as err:
+                jobs.submit(rt.store, settings, "noop", source_endpoint="aps", inputs=["raw/a.h5"], site="hpc", beamline="aps-demo", **bad)
+            msg = str(err.value)
+            assert "rm -rf" in msg and ("configured" in msg or "its queues" in msg), msg
+        jid = submit(rt, settings, "aps", rel, sleep_s=0, priority=5)
+        names: set[str] = set()
+        rt.agent("hpc").run(until_idle=True, max_seconds=120, on_tick=lambda _a: names.update(r["name"] for r in slurm.squeue()), tick_s=0.2)
+        job = rt.store.get_job(jid)
+        assert job.state == State.DONE, job.error
+        check_noop_result(settings, rt.store, jid)  # the worker read the oddly named file as one input of its size
+    finally:
+        rt.close()
+    assert not canary.exists(), "a command substitution in a file name ran"
+    assert home_canary.read_text() == "still here"
+    assert names and all(n.startswith("rtlib-") and ";" not in n for n in names), names
+    scripts = "\n".join(p.read_text(errors="replace") for p in (tmp_path / "joblogs").rglob("*") if p.is_file())
+    assert "rm -rf" not in scripts and "PWNED" not in scripts
