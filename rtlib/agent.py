@@ -223,6 +223,9 @@ class Agent:
                 busy = True
         busy |= self._collect_transfers()
         busy |= self._dispatch_transfers()
+        tend = getattr(self.compute, "tend", None)
+        if self.runs and tend is not None:
+            tend()  # e.g. a LocalCluster whose nanny gave up is replaced; its tasks count as lost
         busy |= self._collect_runs()
         busy |= self._start_runs()
         if self.held and now - self._last_hold_check > 1.0:

@@ -76,3 +76,37 @@ def test_preemption_beyond_budget_fails_with_history(tmp_path):
         assert rt.store.items(jid, "out") == [], "a killed attempt's partial output is never staged out"
     finally:
         rt.close()
+
+
+def test_a_cluster_left_without_workers_is_replaced_and_the_job_rerun(tmp_path):
+    """A nanny that gives up (its restart timed out on a loaded node) leaves no worker: the agent must not wait forever."""
+    settings = make_settings(tmp_path / "ws", max_attempts=3)
+    rt = open_runtime(settings)
+    rt.compute = LocalDaskBackend(workers=1, revive_after_s=2.0)
+    rt.compute.start()
+    try:
+        (ep, rel), = produce(settings, 1)
+        jid = jobs.submit(rt.store, settings, "noop", source_endpoint=ep, inputs=[rel], params={"sleep_s": 2})
+        emptied = []
+
+        def empty_the_cluster():
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline and not emptied:
+                if rt.store.get_job(jid).state == State.RUNNING:
+                    time.sleep(0.3)
+                    rt.compute.cluster.scale(0)  # every worker gone, none coming back by itself
+                    emptied.append(True)
+                time.sleep(0.05)
+
+        threading.Thread(target=empty_the_cluster, daemon=True).start()
+        rt.agent("local").run(until_idle=True, max_seconds=120)
+        job = rt.store.get_job(jid)
+        assert emptied and rt.compute.restarts == 1
+        assert job.state == State.DONE, job.error
+        path = [e.to_state for e in rt.store.events(jid)]
+        # the attempt running when the workers went, and the one queued on the empty cluster when it was replaced
+        assert path.count("PREEMPTED") == 2 and path.count("RUN_DONE") == 1, path
+        assert "was replaced" in [e.reason for e in rt.store.events(jid) if e.to_state == "PREEMPTED"][-1]
+        assert_results_home(settings, rt.store)
+    finally:
+        rt.close()

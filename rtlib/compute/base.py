@@ -30,6 +30,9 @@ class ComputeBackend(ABC):
     @abstractmethod
     def close(self) -> None: ...
 
+    def tend(self) -> None:
+        """Called often while tasks run: repair what the backend can (default: nothing). Must be cheap."""
+
     def submit_job(
         self, fn: Callable[..., Any], *args: Any, key: str, queue: str | None = None, account: str | None = None, scheduler_account: str | None = None
     ) -> Any:

@@ -15,19 +15,44 @@ try:  # the class moved between distributed releases
 except ImportError:  # pragma: no cover
     from distributed import KilledWorker  # type: ignore
 
-from ..errors import ComputeStartError
+from ..errors import ComputeStartError, WorkerLost
 from .base import ComputeBackend
+
+
+class _Task:
+    """A submitted task; after the cluster under it was replaced, it reports a lost worker."""
+
+    def __init__(self, future: Any):
+        self.future = future
+        self.lost: str | None = None
+
+    def done(self) -> bool:
+        return self.lost is not None or self.future.done()
+
+    def result(self) -> Any:
+        if self.lost is not None:
+            raise WorkerLost(self.lost)
+        return self.future.result()
+
+    def cancel(self) -> None:
+        if self.lost is None:
+            self.future.cancel()
 
 log = logging.getLogger("rtlib.compute")
 
 
 class LocalDaskBackend(ComputeBackend):
-    def __init__(self, workers: int = 2, threads_per_worker: int = 1, *, processes: bool = True):
+    def __init__(self, workers: int = 2, threads_per_worker: int = 1, *, processes: bool = True, revive_after_s: float = 20.0):
         self.workers = workers
         self.threads_per_worker = threads_per_worker
         self.processes = processes
+        self.revive_after_s = revive_after_s
         self.cluster: LocalCluster | None = None
         self.client: Client | None = None
+        self.restarts = 0
+        self._tasks: list[_Task] = []
+        self._next_check = 0.0
+        self._workerless_since: float | None = None
 
     @property
     def slots(self) -> int:
@@ -63,10 +88,50 @@ class LocalDaskBackend(ComputeBackend):
     def submit(self, fn: Callable[..., Any], *args: Any, key: str) -> Any:
         assert self.client is not None, "start() the backend first"
         # retries=0: a lost worker is reported to the agent, which owns the retry budget
-        return self.client.submit(fn, *args, key=key, pure=False, retries=0)
+        task = _Task(self.client.submit(fn, *args, key=key, pure=False, retries=0))
+        self._tasks = [t for t in self._tasks if not t.done()] + [task]
+        return task
+
+    def tend(self) -> None:
+        """Replace the cluster when it has had no worker for `revive_after_s`.
+
+        A nanny restarts a killed worker; on an overloaded node the restart can time
+        out and the nanny closes for good, leaving tasks queued on a scheduler with no
+        worker forever. A fresh cluster cancels those tasks: the agent sees them as
+        lost attempts (PREEMPTED, re-queued while the retry budget lasts).
+        """
+        if self.client is None or not self.processes:
+            return
+        now = time.monotonic()
+        if now < self._next_check:
+            return
+        self._next_check = now + 1.0
+        try:
+            alive = len(self.client.nthreads())
+        except Exception:  # the scheduler itself is going away; the next call will tell
+            return
+        if alive:
+            self._workerless_since = None
+            return
+        if self._workerless_since is None:
+            self._workerless_since = now
+            return
+        idle_s = now - self._workerless_since
+        if idle_s >= self.revive_after_s:
+            log.warning("the dask LocalCluster has had no worker for %.0f s (its nanny gave up); starting a new cluster, "
+                        "the analyses it held count as lost attempts", idle_s)
+            self._workerless_since = None
+            self.restarts += 1
+            why = f"the dask LocalCluster had no worker for {idle_s:.0f} s and was replaced; the attempt was lost with it"
+            for task in self._tasks:
+                if not task.done():
+                    task.lost = why
+            self._tasks = []
+            self.close()
+            self.start()
 
     def is_worker_lost(self, exc: BaseException) -> bool:
-        return isinstance(exc, (KilledWorker, FutureCancelledError)) or type(exc).__name__ in {"KilledWorker", "CommClosedError"}
+        return isinstance(exc, (KilledWorker, FutureCancelledError, WorkerLost)) or type(exc).__name__ in {"KilledWorker", "CommClosedError"}
 
     def close(self) -> None:
         if self.client is not None:
