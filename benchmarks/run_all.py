@@ -20,6 +20,7 @@ RUNS = {
     "xpcs_campaign": ["xpcs_campaign.py"],
     "soak": ["soak.py"],
     "laue": ["laue.py"],
+    "em": ["em.py"],
     "hpc": ["hpc.py"],
     "jupyter_api": ["jupyter_api.py"],
 }

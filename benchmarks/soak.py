@@ -56,7 +56,9 @@ def main() -> None:
         for label, p in runs:
             raw = cfg.default_config(Path(tmp) / label.replace(" ", "-"))
             raw["store_url"] = pg.create_database(label.replace(" ", "_"))
-            raw["agent"] = {"max_attempts": 6}  # faults ~1000x denser than a real campaign's
+            # faults ~1000x denser than a real campaign's (an agent SIGKILL or a worker kill every ~10 s on 2 workers):
+            # a job may lose several runs, so it gets more of them
+            raw["agent"] = {"max_attempts": 10}
             v = run_soak(cfg.validate(raw), p, store_restart=lambda: pg.restart(down_s=2.0))
             figures[label] = {"verdict": "clean" if v.ok else "NOT clean", **v.__dict__}
             rows.append(

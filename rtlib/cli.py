@@ -368,6 +368,13 @@ from .cli_laue import laue_app, synth_laue  # noqa: E402
 app.add_typer(laue_app, name="laue")
 synth_app.command("laue")(synth_laue)
 
+from .cli_em import em_app, synth_em, train_app, view as _view_cmd  # noqa: E402
+
+app.add_typer(em_app, name="em")
+app.add_typer(train_app, name="train")
+synth_app.command("em")(synth_em)
+app.command("view")(_view_cmd)
+
 from .cli_hpc import accounts as _accounts_cmd  # noqa: E402
 
 app.command("accounts")(_accounts_cmd)

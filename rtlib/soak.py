@@ -38,7 +38,6 @@ from .transfer.checksum import file_checksum
 GLOBUS_ENDPOINTS = ("als", "alcf")  # with token faults: these two are Globus collections on the loopback emulator
 GLOBUS_BEAMLINE = "als-demo"
 SECRET_ENV = "RTLIB_SOAK_GLOBUS_SECRET"
-MIN_TOKEN_LIFE_S = 3.0
 
 # scaled-down stand-ins for the campaign's mix: (workload, share, size in MB)
 DEFAULT_MIX = (("xpcs", 0.4, 3.0), ("saxs", 0.4, 2.0), ("noop", 0.2, 0.5))
@@ -56,6 +55,7 @@ class SoakPlan:
     store_restart_every_s: float | None = None  # only with a store_restart function
     globus: bool = False  # als and alcf become Globus collections on a loopback emulator (real globus-sdk client)
     token_expire_every_s: float | None = None  # revoke the service account's tokens (needs globus=True)
+    min_token_age_s: float = 10.0  # only tokens at least this old are revoked (a real one dies at the end of its life)
     malformed_fraction: float = 0.05
     stuck_bound_s: float = 180.0  # a job not terminal this long after production stops is stuck
     seed: int = 0
@@ -91,6 +91,7 @@ class Verdict:
     copies_retried: int = 0  # transfer items that needed more than one copy (injected failures and corruptions)
     globus: dict[str, int] = field(default_factory=dict)  # the emulator's counters, when Globus was in the loop
     secret_leaks: list[str] = field(default_factory=list)  # places the service account's secret was found
+    agent_exit_logs: list[str] = field(default_factory=list)  # the last lines an agent wrote before exiting by itself
 
     @property
     def ok(self) -> bool:
@@ -135,6 +136,16 @@ class _Supervisor:
         with open(log, "wb") as err:  # each life's stderr, kept for the person reading the verdict
             self.proc = subprocess.Popen(self.args, env=self.env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=err)
         self.lives.append([])
+
+    def last_log_tail(self, lines: int = 30) -> str:
+        """The exit code and the end of the current life's stderr."""
+        log = self.log_dir / f"agent-{len(self.lives) - 1:03d}.log"
+        try:
+            tail = log.read_text(errors="replace").splitlines()[-lines:]
+        except OSError:
+            tail = []
+        code = self.proc.returncode if self.proc is not None else None
+        return f"{log.name} (exit code {code}):\n" + "\n".join(tail)
 
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
@@ -276,21 +287,23 @@ def run_soak(
                 injected["agent_sigkills"] += 1
                 sup.start()
                 next_kill = next_at(plan.agent_kill_every_s)
-            if now >= next_preempt and now < produce_until:
-                injected["worker_preemptions"] += sup.preempt_one_worker(rng)
+            if now >= next_preempt and now < produce_until and sup.preempt_one_worker(rng):
+                # an agent still starting has no worker to kill yet: the fault waits for one
+                injected["worker_preemptions"] += 1
                 next_preempt = next_at(plan.preempt_every_s)
             if now >= next_restart and now < produce_until:
                 store_restart()
                 injected["store_restarts"] += 1
                 next_restart = next_at(plan.store_restart_every_s)
-            if emulator is not None and now >= next_expire and emulator.live_tokens():  # also while draining
-                emulator.expire_tokens()
+            # also while draining; only tokens at least min_token_age_s old: a token revoked while the client is
+            # still renewing the last one fails that call by design (one re-authentication, then a clear failure)
+            if emulator is not None and now >= next_expire and emulator.live_tokens(min_age_s=plan.min_token_age_s):
+                emulator.expire_tokens(min_age_s=plan.min_token_age_s)
                 injected["expired_tokens"] += 1
-                # at least a few seconds apart: a token revoked again while the client is still renewing the last
-                # one fails that call by design (one re-authentication, then a clear failure; see globus.py)
-                next_expire = max(next_at(plan.token_expire_every_s), now + MIN_TOKEN_LIFE_S)
-            if not sup.alive():  # crashed by itself: a real finding, counted, and restarted like a supervisor would
+                next_expire = next_at(plan.token_expire_every_s)
+            if not sup.alive():  # crashed by itself: a real finding, counted, kept, and restarted like a supervisor would
                 injected["agent_exits_unprompted"] += 1
+                verdict.agent_exit_logs.append(sup.last_log_tail())
                 sup.start()
             sample = sup.sample()
             if sample and now - last_series >= 5.0:

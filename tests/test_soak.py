@@ -19,7 +19,7 @@ def test_short_campaign_under_every_fault(tmp_path, postgres_server):
     plan = SoakPlan(
         duration_s=24, dataset_interval_s=2.0, link_mbps=200, transfer_fail_rate=0.1, transfer_corrupt_rate=0.1,
         agent_kill_every_s=7, preempt_every_s=5, store_restart_every_s=9, malformed_fraction=0.3, seed=3, stuck_bound_s=150,
-        globus=True, token_expire_every_s=5,
+        globus=True, token_expire_every_s=5, min_token_age_s=2,
     )
     verdict = run_soak(settings, plan, store_restart=lambda: postgres_server.restart(down_s=1.0))
     assert verdict.ok, verdict.to_json()

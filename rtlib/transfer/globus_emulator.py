@@ -66,6 +66,7 @@ class GlobusEmulator:
         self.clients = dict(clients)
         self.token_lifetime_s = token_lifetime_s
         self._tokens: dict[str, float] = {}  # access token -> expiry (epoch s)
+        self._issued: dict[str, float] = {}  # access token -> when it was granted (epoch s)
         self._tasks: dict[str, _Task] = {}
         self._submissions: dict[str, str] = {}  # submission id -> task id
         self._lock = threading.Lock()
@@ -109,18 +110,28 @@ class GlobusEmulator:
         return {"GLOBUS_SDK_SERVICE_URL_AUTH": f"{self.url}/auth/", "GLOBUS_SDK_SERVICE_URL_TRANSFER": f"{self.url}/transfer/"}
 
     # -- faults ---------------------------------------------------------------------------
-    def live_tokens(self) -> int:
-        """How many issued access tokens are still valid."""
-        with self._lock:
-            return sum(1 for exp in self._tokens.values() if exp > time.time())
+    def _live(self, min_age_s: float) -> list[str]:
+        now = time.time()
+        return [t for t, exp in self._tokens.items() if exp > now and now - self._issued.get(t, 0.0) >= min_age_s]
 
-    def expire_tokens(self) -> int:
-        """Revoke every access token issued so far; returns how many were live."""
+    def live_tokens(self, *, min_age_s: float = 0.0) -> int:
+        """How many issued access tokens are still valid (and at least `min_age_s` old)."""
         with self._lock:
-            live = sum(1 for exp in self._tokens.values() if exp > time.time())
-            self._tokens.clear()
+            return len(self._live(min_age_s))
+
+    def expire_tokens(self, *, min_age_s: float = 0.0) -> int:
+        """Revoke the valid access tokens at least `min_age_s` old; returns how many.
+
+        A real token dies at the end of its lifetime, never just after it was granted:
+        `min_age_s` keeps the fault from hitting a client in the middle of its one renewal.
+        """
+        with self._lock:
+            doomed = self._live(min_age_s)
+            for token in doomed:
+                self._tokens.pop(token, None)
+                self._issued.pop(token, None)
             self.counts["tokens_expired"] += 1
-            return live
+            return len(doomed)
 
     # -- auth -------------------------------------------------------------------------------
     def _grant(self, client_id: str, secret: str, scope: str) -> tuple[int, dict]:
@@ -129,6 +140,7 @@ class GlobusEmulator:
         token = secrets.token_urlsafe(24)
         with self._lock:
             self._tokens[token] = time.time() + self.token_lifetime_s
+            self._issued[token] = time.time()
             self.counts["token_grants"] += 1
         return 200, {"access_token": token, "expires_in": self.token_lifetime_s, "token_type": "Bearer",
                      "scope": scope, "resource_server": TRANSFER_RESOURCE_SERVER, "other_tokens": []}

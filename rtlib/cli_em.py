@@ -1,0 +1,122 @@
+"""`rtlib em run`, `rtlib synth em`, `rtlib train em` and `rtlib view`: connectomics without a job store.
+
+Wired into the `rtlib` command by ``cli.py``; errors are rtlib errors, which
+``cli.main`` prints as one line with exit status 2.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+
+from .errors import RtlibError
+
+console = Console()
+
+em_app = typer.Typer(help="Connectomics: EM tiles to neurons, skeletons and a contact graph.", no_args_is_help=True)
+train_app = typer.Typer(help="Train the neural networks the workloads ship with.", no_args_is_help=True)
+
+
+@em_app.command("run", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def em_run(
+    ctx: typer.Context,
+    input_dir: Path = typer.Argument(..., help="EM directory: layout.json and sections/NNNN/tile_RR_CC.png"),
+    output: Path = typer.Option(..., "--output", "-o", help="result Zarr group to write, e.g. result.zarr"),
+    weights: Optional[Path] = typer.Option(None, help="U-Net weights (.pt); default: the shipped ones"),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="print only the summary"),
+):
+    """Stitch, align, mask, segment, skeletonize and graph one EM directory into OUTPUT (.zarr).
+
+    Workload parameters as -p NAME VALUE (see `rtlib workloads` for the connectomics parameters)."""
+    from .cli import _parse_params
+    from .workloads.connectomics import RESULT_NAME, workload
+
+    params = _parse_params(list(ctx.args), "connectomics")
+    if weights is not None:
+        params["weights"] = str(weights)
+    validated = workload.validate(params)
+
+    def report(fraction: float, message: str) -> None:
+        if not quiet:
+            console.print(f"{fraction:6.1%}  {message}", highlight=False)
+
+    output = output.expanduser()
+    output.parent.mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
+    # The workload writes into an empty directory; the result replaces OUTPUT only once complete.
+    with tempfile.TemporaryDirectory(dir=output.parent, prefix=".em-") as scratch:
+        summary = workload.run(validated, [input_dir], Path(scratch), report)
+        if output.exists():
+            shutil.rmtree(output)
+        os.replace(Path(scratch) / RESULT_NAME, output)
+    summary["wall_s"] = round(time.perf_counter() - started, 3)
+    summary["output"] = str(output)
+    console.print_json(json.dumps(summary, default=str))
+
+
+def synth_em(
+    directory: Path = typer.Argument(..., help="directory to write: layout.json, sections/, ground_truth/"),
+    sections: int = typer.Option(32, help="number of sections (z)"),
+    height_px: int = typer.Option(128, help="frame height; a whole grid of tiles"),
+    width_px: int = typer.Option(128, help="frame width; a whole grid of tiles"),
+    tile_px: int = typer.Option(80), overlap_px: int = typer.Option(32),
+    max_offset_px: float = typer.Option(6.0, help="largest deviation of a tile from its nominal position, px"),
+    neurites: int = typer.Option(16, help="number of neurites (before branching)"),
+    pixel_size_nm: float = typer.Option(16.0), section_thickness_nm: float = typer.Option(40.0),
+    seed: int = typer.Option(0),
+):
+    """Synthetic serial-section EM tiles of branching neurites, a vessel and a tissue edge, with ground truth."""
+    from .synth.em import write_em_dataset
+
+    try:
+        truth = write_em_dataset(directory, (sections, height_px, width_px), tile_px=tile_px, overlap_px=overlap_px,
+                                 max_offset_px=max_offset_px, num_neurites=neurites, pixel_size_nm=pixel_size_nm,
+                                 section_thickness_nm=section_thickness_nm, seed=seed)
+    except ValueError as err:
+        raise RtlibError(str(err)) from None
+    console.print(f"wrote {directory}: {sections} sections of {truth['layout']['rows']}x{truth['layout']['cols']} tiles, "
+                  f"{len(truth['cable_length_nm'])} neurons in ground_truth/")
+
+
+@train_app.command("em")
+def train_em(
+    output: Path = typer.Option(None, "--output", "-o", help="weights file (default: the package's shipped weights)"),
+    volumes: int = typer.Option(6, help="synthetic training volumes"),
+    steps: int = typer.Option(600, help="optimiser steps"),
+    seed: int = typer.Option(0),
+    threads: Optional[int] = typer.Option(None, help="torch CPU threads (default: torch's choice)"),
+):
+    """Train the connectomics U-Net on synthetic EM volumes (a few minutes on a laptop CPU)."""
+    from .workloads.connectomics.train import train
+    from .workloads.connectomics.unet import DEFAULT_WEIGHTS
+
+    def report(step: int, loss: float) -> None:
+        if step % 50 == 0 or step == steps - 1:
+            console.print(f"step {step:5d}  loss {loss:.4f}", highlight=False)
+
+    result = train(output or DEFAULT_WEIGHTS, volumes=volumes, steps=steps, seed=seed, threads=threads, progress=report)
+    console.print_json(json.dumps(result))
+
+
+def view(result: Path = typer.Argument(..., help="a connectomics result (.zarr)")):
+    """Open a connectomics result in napari: every stage a layer, and the stages listed in a dock widget."""
+    from .napari_plugin import add_result_layers, is_result, stages_widget
+
+    if not is_result(result):
+        raise RtlibError(f"{result} is not an rtlib connectomics result (a .zarr group with a segmentation)")
+    try:
+        import napari
+    except ImportError:
+        raise RtlibError("napari is not installed: pip install 'rtlib[viewer]'") from None
+    viewer = napari.Viewer(title=f"rtlib: {result.name}")
+    add_result_layers(viewer, result)
+    viewer.window.add_dock_widget(stages_widget(viewer), name="Connectomics stages", area="right")
+    napari.run()

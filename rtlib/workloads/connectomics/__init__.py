@@ -1,0 +1,188 @@
+"""Connectomics: EM tiles -> stitch -> align -> mask -> segment (3D U-Net) -> skeletons -> connectivity graph.
+
+One run processes one EM directory (``io`` documents the layout): the
+tiles of each section are stitched (``stitch``), sections are aligned to
+section 0 (``align``), non-target regions are masked (``mask``), all one section at a time into
+a Zarr group; then, block by block with overlaps (``blockwise``, in turn or
+as dask tasks), a small 3D U-Net predicts membranes and neuron interiors
+(``unet``), seeded growth with agglomeration makes 3D neurons
+(``segment``) and their contacts are measured; kimimaro skeletonizes them
+(``skeleton``) and the contacts form a networkx graph (``graph``). Results:
+``connectomics.zarr`` (layout in ``io``), viewable with ``rtlib view``.
+"""
+
+from __future__ import annotations
+
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+
+import rtlib
+
+from ..base import ProgressFn, Workload
+from . import io
+from .align import AlignSettings, SectionAligner
+from .params import ConnectomicsParams
+
+__all__ = ["ConnectomicsParams", "RESULT_NAME", "run", "workload"]
+
+RESULT_NAME = "connectomics.zarr"
+_CANVAS_PAD_PX = 32  # sections are fused onto a canvas this much larger than the frame, so drifted content is kept
+
+
+def run(params: ConnectomicsParams, inputs: list[Path], outdir: Path, progress: ProgressFn) -> dict[str, Any]:
+    root = io.find_root(inputs)
+    layout = io.read_layout(root)
+    pixel_nm = params.pixel_size_nm or layout.pixel_size_nm
+    thickness_nm = params.section_thickness_nm or layout.section_thickness_nm
+    spacing = (thickness_nm, pixel_nm, pixel_nm)
+    sections = io.section_dirs(root)
+    shape = (len(sections), *layout.frame_shape)
+    block = (params.block_sections, params.block_px, params.block_px)
+    result = outdir / RESULT_NAME
+    attrs = {"pixel_size_nm": pixel_nm, "section_thickness_nm": thickness_nm, "scale_nm": list(spacing),
+             "rtlib_version": rtlib.__version__, "input": root.name, "sections": len(sections),
+             "canvas_origin_px": [-_CANVAS_PAD_PX, -_CANVAS_PAD_PX], "parameters": params.model_dump(mode="json")}
+    io.create_result(result, shape, layout, block, _CANVAS_PAD_PX, attrs)
+    timings: dict[str, float] = {}
+    stitch_residuals = stitch_align_mask(sections, layout, params, result, progress, timings)
+
+    from .blockwise import BlockGrid, ZarrArrays, contacts_blocks, describe, predict_blocks, segment_blocks
+    from .segment import SegmentSettings
+
+    store = ZarrArrays(str(result))
+    grid = BlockGrid(shape, block)
+    with _cluster_client(params.split_over_workers) as client:
+        started = time.perf_counter()
+        predict_blocks(store, grid, params.weights, client)
+        timings["unet_s"] = time.perf_counter() - started
+        progress(0.7, f"U-Net boundary and foreground maps done ({len(grid)} blocks)")
+        started = time.perf_counter()
+        voxel_nm3 = thickness_nm * pixel_nm * pixel_nm
+        segment_blocks(store, grid, SegmentSettings(
+            foreground_threshold=params.foreground_threshold, seed_boundary_max=params.seed_boundary_max,
+            min_seed_voxels=params.min_seed_voxels, merge_threshold=params.merge_threshold,
+            min_voxels=max(1, int(params.min_object_volume_um3 * 1e9 / voxel_nm3))), client)
+        timings["segment_s"] = time.perf_counter() - started
+        started = time.perf_counter()
+        areas = contacts_blocks(store, grid, spacing, client=client)
+        timings["contacts_s"] = time.perf_counter() - started
+        used_client = client is not None
+    labels = np.asarray(store.get(io.SEGMENTATION)[...])
+    progress(0.8, f"segmented {int(labels.max())} neurons")
+
+    from .graph import contact_graph, write_graphml
+    from .skeleton import TeasarSettings, cable_length_nm, skeletonize, write_swc
+
+    started = time.perf_counter()
+    skeletons = skeletonize(labels, spacing, TeasarSettings(scale=params.teasar_scale, const_nm=params.teasar_const_nm))
+    timings["skeleton_s"] = time.perf_counter() - started
+    cables = {int(k): cable_length_nm(s) for k, s in skeletons.items()}
+    started = time.perf_counter()
+    graph = contact_graph(labels, spacing, min_area_nm2=params.min_contact_area_nm2, cable_nm=cables, areas=areas)
+    timings["graph_s"] = time.perf_counter() - started + timings.pop("contacts_s")
+    progress(0.9, f"{len(skeletons)} skeletons, {graph.number_of_edges()} contacts")
+
+    write_swc(skeletons, result / io.SKELETONS)
+    write_graphml(graph, result / io.GRAPH)
+    mask_fraction = float(np.mean([np.asarray(store.get(io.MASK)[z]).mean() for z in range(shape[0])]))
+    progress(1.0, f"wrote {RESULT_NAME}")
+    return {
+        "input": root.name,
+        "shape": list(shape),
+        "scale_nm": list(spacing),
+        "neurons": int(labels.max()),
+        "skeletons": len(skeletons),
+        "contacts": graph.number_of_edges(),
+        "masked_fraction": round(mask_fraction, 4),
+        "stitch_residual_px": round(float(np.max(stitch_residuals)), 4) if stitch_residuals else 0.0,
+        "cable_length_um": round(sum(cables.values()) / 1000, 3),
+        **describe(grid),
+        "split_over_workers": used_client,
+        "timings_s": {k: round(v, 3) for k, v in timings.items()},
+    }
+
+
+def stitch_align_mask(sections: list[Path], layout: io.Layout, params: ConnectomicsParams, result: Path,
+                      progress: ProgressFn, timings: dict[str, float]) -> list[float]:
+    """Tiles, mosaic, aligned image and mask of every section, written to ``result`` one section at a time.
+
+    Returns the stitching residual (px) of each section."""
+    import zarr
+
+    from .mask import section_mask
+    from .stitch import fuse, stitch_section
+
+    group = zarr.open_group(str(result), mode="r+")
+    frame = layout.frame_shape
+    pad = _CANVAS_PAD_PX
+    canvas = (frame[0] + 2 * pad, frame[1] + 2 * pad)
+    aligner = SectionAligner(frame, AlignSettings(
+        patch_px=params.align_patch_px, stride_px=params.align_stride_px, mesh_spacing_px=params.align_mesh_spacing_px,
+        smoothness=params.align_smoothness, max_shift_px=params.align_max_shift_px))
+    mask_args = {"min_gray": params.mask_min_gray, "max_texture_gray": params.mask_max_texture_gray,
+                 "min_area_px": int(params.mask_min_area_um2 * 1e6 / layout.pixel_size_nm**2),
+                 "margin_px": int(round(params.mask_margin_nm / layout.pixel_size_nm))}
+    keys = [(r, c) for r in range(layout.rows) for c in range(layout.cols)]
+    residuals = []
+    stitch_s = align_s = mask_s = 0.0
+    for z, folder in enumerate(sections):
+        tiles = io.read_section(folder, layout)
+        started = time.perf_counter()
+        stitched = stitch_section(tiles, (layout.rows, layout.cols), layout.overlap_px, upsample=params.stitch_upsample)
+        mosaic, cov = fuse(tiles, stitched.positions_px, canvas, (-pad, -pad))
+        residuals.append(stitched.residual_px)
+        stitch_s += time.perf_counter() - started
+        started = time.perf_counter()
+        aligned, valid, _ = aligner.add(mosaic, cov, (-pad, -pad))
+        image = np.clip(np.rint(aligned), 0, 255).astype(np.uint8)
+        align_s += time.perf_counter() - started
+        started = time.perf_counter()
+        mask = section_mask(image, valid, **mask_args)
+        mask_s += time.perf_counter() - started
+        group[io.TILES][z] = np.stack([tiles[k] for k in keys])
+        group[io.TILE_POSITIONS][z] = np.stack([stitched.positions_px[k] for k in keys])
+        group[io.MOSAIC][z] = np.clip(np.rint(mosaic), 0, 255).astype(np.uint8)
+        group[io.IMAGE][z] = image
+        group[io.MASK][z] = mask
+        progress(0.45 * (z + 1) / len(sections), f"stitched, aligned and masked section {z + 1}/{len(sections)}")
+    timings["stitch_s"] = stitch_s
+    timings["align_s"] = align_s
+    timings["mask_s"] = mask_s
+    return residuals
+
+
+def client_used(requested: bool) -> bool:
+    if not requested:
+        return False
+    try:
+        from distributed import get_worker
+
+        get_worker()
+        return True
+    except (ImportError, ValueError):
+        return False
+
+
+@contextmanager
+def _cluster_client(requested: bool) -> Iterator[Any]:
+    """The cluster this run is a task of (so blocks can be tasks too), or None outside a dask worker."""
+    if not client_used(requested):
+        yield None
+        return
+    from distributed import worker_client
+
+    # worker_client secedes this task from the worker's thread pool while its blocks run
+    with worker_client() as client:
+        yield client
+
+
+workload = Workload(
+    name="connectomics",
+    params_model=ConnectomicsParams,
+    run=run,
+    description="EM tiles to neurons: stitch, align, mask, 3D U-Net segmentation, kimimaro skeletons, contact graph (Zarr)",
+)

@@ -1,0 +1,197 @@
+"""Reading an EM tile directory and writing the result as a Zarr group.
+
+Input layout (see the README)::
+
+    INPUT/layout.json                 {"tile_size_px": [h, w] or n, "overlap_px": n, "pixel_size_nm": x,
+                                       "section_thickness_nm": z, "rows": r, "cols": c}  (rows/cols optional)
+    INPUT/sections/0000/tile_RR_CC.png   8-bit grayscale tiles (.png, .tif or .tiff)
+
+Result layout (``RESULT.zarr``; volumes chunked as the processing blocks)::
+
+    tiles              (z, n, th, tw) uint8  the input tiles, n = rows x cols in row-major order
+    tile_positions_px  (z, n, 2) float64     stitched top-left corner (y, x) of each tile, section frame
+    mosaic             (z, Y, X) uint8       stitched, not yet aligned sections on a canvas whose pixel
+                                             (0, 0) is at attrs["canvas_origin_px"] of the section frame
+    image              (z, y, x) uint8       stitched and aligned stack, in the frame of section 0's tile 00_00
+    mask               (z, y, x) bool        true = excluded (out of tissue, vessel, no data)
+    boundary           (z, y, x) uint8       membrane probability x 255 (the network's output)
+    foreground         (z, y, x) uint8       neuron-interior probability x 255 (the network's output)
+    segmentation       (z, y, x) uint32      neurons, 0 = background
+    skeletons/<label>.swc            one per neuron, coordinates in nm (x y z)
+    graph.graphml                    nodes = neuron labels, edges = contacts with area_nm2
+
+Root attributes: ``pixel_size_nm``, ``section_thickness_nm``, ``scale_nm`` (z, y, x), ``rtlib_version``.
+Every failure of the input is an InputDataError that names the file and the fix.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ...errors import InputDataError
+
+LAYOUT = "layout.json"
+TILE_PATTERN = re.compile(r"^tile_(\d+)_(\d+)\.(png|tif|tiff)$", re.IGNORECASE)
+IMAGE, MASK, SEGMENTATION, BOUNDARY, FOREGROUND = "image", "mask", "segmentation", "boundary", "foreground"
+TILES, TILE_POSITIONS, MOSAIC = "tiles", "tile_positions_px", "mosaic"
+SKELETONS, GRAPH = "skeletons", "graph.graphml"
+
+
+@dataclass(frozen=True)
+class Layout:
+    tile_px: tuple[int, int]
+    overlap_px: int
+    rows: int
+    cols: int
+    pixel_size_nm: float
+    section_thickness_nm: float
+
+    @property
+    def frame_shape(self) -> tuple[int, int]:
+        """The nominal mosaic extent: the output frame of every section."""
+        return (self.rows * (self.tile_px[0] - self.overlap_px) + self.overlap_px,
+                self.cols * (self.tile_px[1] - self.overlap_px) + self.overlap_px)
+
+
+def find_root(inputs: list[Path]) -> Path:
+    """The input directory: one given as such, or the folder of a staged layout.json (the shallowest)."""
+    paths = [Path(p) for p in inputs]
+    if not paths:
+        raise InputDataError("connectomics got no inputs; stage the EM directory (layout.json and sections/)")
+    for p in paths:
+        if p.is_dir() and (p / LAYOUT).is_file():
+            return p
+    layouts = sorted((p for p in paths if p.name == LAYOUT and p.is_file()), key=lambda p: len(p.parts))
+    if layouts:
+        return layouts[0].parent
+    raise InputDataError(
+        f"no {LAYOUT} among the {len(paths)} inputs ({', '.join(str(p) for p in paths[:5])}"
+        f"{' ...' if len(paths) > 5 else ''}); an EM input is a directory with {LAYOUT} and sections/0000/tile_00_00.png ..."
+    )
+
+
+def read_layout(root: Path) -> Layout:
+    path = root / LAYOUT
+    try:
+        raw = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as err:
+        raise InputDataError(f"{path} is not readable JSON ({err}); rewrite it (see the README for its keys)") from None
+    missing = [k for k in ("tile_size_px", "overlap_px", "pixel_size_nm", "section_thickness_nm") if k not in raw]
+    if missing:
+        raise InputDataError(f"{path} lacks {', '.join(missing)}; add them (tile size and overlap in px, sizes in nm)")
+    tile = raw["tile_size_px"]
+    tile = (int(tile), int(tile)) if isinstance(tile, (int, float)) else (int(tile[0]), int(tile[1]))
+    overlap = int(raw["overlap_px"])
+    if min(tile) <= 0 or not 0 < overlap < min(tile):
+        raise InputDataError(f"{path}: tile_size_px {tile} and overlap_px {overlap} are inconsistent (need 0 < overlap < tile)")
+    for key in ("pixel_size_nm", "section_thickness_nm"):
+        if not float(raw[key]) > 0:
+            raise InputDataError(f"{path}: {key} = {raw[key]} must be > 0")
+    rows, cols = raw.get("rows"), raw.get("cols")
+    if rows is None or cols is None:
+        first = section_dirs(root)[0]
+        keys = [tile_key(p) for p in first.iterdir() if tile_key(p)]
+        if not keys:
+            raise InputDataError(f"section {first} holds no tile_RR_CC.png files")
+        rows, cols = max(k[0] for k in keys) + 1, max(k[1] for k in keys) + 1
+    return Layout(tile, overlap, int(rows), int(cols), float(raw["pixel_size_nm"]), float(raw["section_thickness_nm"]))
+
+
+def tile_key(path: Path) -> tuple[int, int] | None:
+    m = TILE_PATTERN.match(path.name)
+    return (int(m.group(1)), int(m.group(2))) if m else None
+
+
+def section_dirs(root: Path) -> list[Path]:
+    folder = root / "sections"
+    dirs = sorted(p for p in folder.iterdir() if p.is_dir()) if folder.is_dir() else []
+    if not dirs:
+        raise InputDataError(f"{folder} has no section folders; expected sections/0000/, sections/0001/, ...")
+    return dirs
+
+
+def read_tile(path: Path) -> np.ndarray:
+    try:
+        if path.suffix.lower() in (".tif", ".tiff"):
+            import tifffile
+
+            image = tifffile.imread(path)
+        else:
+            from PIL import Image
+
+            with Image.open(path) as im:
+                if im.mode not in ("L", "P"):
+                    raise InputDataError(f"tile {path} is a {im.mode} image; tiles must be 8-bit grayscale (mode L)")
+                image = np.asarray(im)
+    except InputDataError:
+        raise
+    except Exception as err:  # PIL and tifffile raise many types for a broken file
+        raise InputDataError(f"tile {path} cannot be read ({type(err).__name__}: {err}); re-transfer it") from None
+    if image.dtype != np.uint8 or image.ndim != 2:
+        raise InputDataError(f"tile {path} holds {image.dtype} data of shape {image.shape}; tiles must be 8-bit grayscale (uint8, 2-D)")
+    return image
+
+
+def read_section(folder: Path, layout: Layout) -> dict[tuple[int, int], np.ndarray]:
+    """All tiles of one section, checked to be complete, 8-bit and of the layout's size."""
+    files = {tile_key(p): p for p in folder.iterdir() if tile_key(p)}
+    if not files:
+        raise InputDataError(f"section {folder} is empty: no tile_RR_CC.png files; re-acquire or remove the section")
+    expected = {(r, c) for r in range(layout.rows) for c in range(layout.cols)}
+    missing = sorted(expected - set(files))
+    if missing:
+        names = ", ".join(f"tile_{r:02d}_{c:02d}" for r, c in missing[:8])
+        raise InputDataError(f"section {folder} lacks {len(missing)} of its {len(expected)} tiles ({names}); "
+                             "re-transfer them: every section needs its full tile grid")
+    tiles = {}
+    for key in sorted(expected):
+        tile = read_tile(files[key])
+        if tile.shape != layout.tile_px:
+            raise InputDataError(f"tile {files[key]} is {tile.shape[0]}x{tile.shape[1]} px; {LAYOUT} says {layout.tile_px[0]}x{layout.tile_px[1]}")
+        tiles[key] = tile
+    return tiles
+
+
+def write_result(path: Path, arrays: dict[str, np.ndarray], attrs: dict, chunks=(8, 256, 256)):
+    """Write (or overwrite) the Zarr group at ``path`` with ``arrays`` and root ``attrs``; returns the group."""
+    import zarr
+
+    group = zarr.open_group(str(path), mode="w")
+    for name, data in arrays.items():
+        c = tuple(min(a, b) for a, b in zip(chunks, data.shape))
+        group.create_array(name, data=data, chunks=c)
+    group.attrs.update(attrs)
+    return group
+
+
+def create_result(path: Path, shape: tuple[int, int, int], layout: Layout, block: tuple[int, int, int], canvas_pad_px: int,
+                  attrs: dict):
+    """An empty result group at ``path`` (overwritten) with every array the stitch-and-align pass fills."""
+    import zarr
+
+    z, h, w = shape
+    group = zarr.open_group(str(path), mode="w")
+    n = layout.rows * layout.cols
+    chunks = tuple(min(c, s) for c, s in zip(block, shape))
+    group.create_array(TILES, shape=(z, n, *layout.tile_px), dtype=np.uint8, chunks=(1, n, *layout.tile_px), fill_value=0)
+    group.create_array(TILE_POSITIONS, shape=(z, n, 2), dtype=np.float64, chunks=(z, n, 2), fill_value=0.0)
+    canvas = (h + 2 * canvas_pad_px, w + 2 * canvas_pad_px)
+    group.create_array(MOSAIC, shape=(z, *canvas), dtype=np.uint8, chunks=(1, *canvas), fill_value=0)
+    group.create_array(IMAGE, shape=shape, dtype=np.uint8, chunks=chunks, fill_value=0)
+    group.create_array(MASK, shape=shape, dtype=bool, chunks=chunks, fill_value=True)
+    group.attrs.update(attrs)
+    return group
+
+
+def open_result(path: Path):
+    import zarr
+
+    try:
+        return zarr.open_group(str(path), mode="r")
+    except Exception as err:
+        raise InputDataError(f"{path} is not an rtlib connectomics result (a Zarr group): {err}") from None

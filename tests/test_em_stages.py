@@ -1,0 +1,138 @@
+"""Connectomics stages against the synthetic EM ground truth: tiles, stitching, alignment, masking, skeletons, graph."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from rtlib.synth.em import inverse_displacement, make_world, read_ground_truth, write_em_dataset
+from rtlib.workloads.connectomics import io
+from rtlib.workloads.connectomics.align import AlignSettings, SectionAligner
+from rtlib.workloads.connectomics.graph import contact_graph, read_graphml, write_graphml
+from rtlib.workloads.connectomics.mask import mask_volume
+from rtlib.workloads.connectomics.skeleton import cable_length_nm, read_swc, skeletonize, write_swc
+from rtlib.workloads.connectomics.stitch import fuse, stitch_section
+
+SHAPE = (12, 128, 128)
+PAD = 32
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    root = tmp_path_factory.mktemp("em") / "em"
+    write_em_dataset(root, SHAPE, seed=5)
+    return root, read_ground_truth(root), io.read_layout(root)
+
+
+@pytest.fixture(scope="module")
+def stacked(dataset):
+    """Every section stitched and aligned as the workload does it, with the positions and fields found."""
+    root, truth, layout = dataset
+    aligner = SectionAligner(layout.frame_shape, AlignSettings())
+    positions, fields, images, covered = [], [], [], []
+    for folder in io.section_dirs(root):
+        tiles = io.read_section(folder, layout)
+        result = stitch_section(tiles, (layout.rows, layout.cols), layout.overlap_px)
+        positions.append(np.array([result.positions_px[k] for k in sorted(result.positions_px)]))
+        mosaic, cov = fuse(tiles, result.positions_px, tuple(s + 2 * PAD for s in layout.frame_shape), (-PAD, -PAD))
+        image, valid, field = aligner.add(mosaic, cov, (-PAD, -PAD))
+        images.append(np.clip(np.rint(image), 0, 255).astype(np.uint8))
+        covered.append(valid)
+        fields.append(field)
+    return np.array(positions), np.array(fields), np.array(images), np.array(covered)
+
+
+def test_synthetic_dataset_layout_and_truth(dataset):
+    root, truth, layout = dataset
+    assert layout.frame_shape == SHAPE[1:] and (layout.rows, layout.cols) == (2, 2)
+    assert json.loads((root / "layout.json").read_text())["pixel_size_nm"] == 16.0
+    sections = io.section_dirs(root)
+    assert [p.name for p in sections] == [f"{z:04d}" for z in range(SHAPE[0])]
+    assert sorted(p.name for p in sections[0].iterdir()) == ["tile_00_00.png", "tile_00_01.png", "tile_01_00.png", "tile_01_01.png"]
+    tile = io.read_tile(sections[3] / "tile_01_01.png")
+    assert tile.dtype == np.uint8 and tile.shape == (80, 80) and tile.std() > 10
+    labels = truth["labels"]
+    assert labels.shape == SHAPE and labels.dtype == np.uint32
+    assert len(np.unique(labels)) - 1 >= 10  # many neurons ...
+    assert 0.05 < truth["mask"].mean() < 0.4  # ... a vessel and an out-of-tissue band
+    assert not (labels.astype(bool) & truth["mask"]).any()
+    offsets = truth["tile_positions_px"][:, 1:] - np.array([[0, 48], [48, 0], [48, 48]])
+    assert np.abs(offsets).max() <= 6.0 and np.abs(offsets).max() > 3.0  # real, sub-pixel tile offsets
+    assert np.abs(truth["tile_positions_px"][:, 0]).max() == 0.0
+
+
+def test_neurites_branch_and_touch():
+    world = make_world((16, 96, 96), seed=3)
+    graph = contact_graph(world.frame(world.labels), (40.0, 16.0, 16.0), min_area_nm2=1e4)
+    assert graph.number_of_edges() >= 3  # touching neurites
+    assert sum(world.cable_nm.values()) > 1.2 * len(world.cable_nm) * 16 * 40.0  # longer than straight runs through z
+
+
+def test_stitching_recovers_tile_positions(dataset, stacked):
+    _, truth, _ = dataset
+    positions = stacked[0]
+    errors = np.linalg.norm(positions[:, 1:] - truth["tile_positions_px"][:, 1:], axis=-1)
+    assert errors.mean() < 0.2, errors.mean()
+    assert errors.max() < 0.5, errors.max()
+
+
+def test_stitching_a_tile_moved_by_15_px(dataset):
+    """The issue's worst case: a tile 15 px off its nominal place is still found."""
+    root, _, layout = dataset
+    tiles = io.read_section(io.section_dirs(root)[0], layout)
+    full = fuse(tiles, stitch_section(tiles, (2, 2), layout.overlap_px).positions_px, layout.frame_shape, (0, 0))[0]
+    shifted = {(0, 0): full[:80, :80].astype(np.uint8), (0, 1): full[13:93, 48 - 2: 128 - 2].astype(np.uint8)}
+    found = stitch_section(shifted, (1, 2), layout.overlap_px).positions_px[(0, 1)]
+    np.testing.assert_allclose(found, [13, 46], atol=0.1)
+
+
+def test_alignment_residual_against_the_known_drift(dataset, stacked):
+    _, truth, layout = dataset
+    fields, covered = stacked[1], stacked[3]
+    residual = []
+    for z in range(SHAPE[0]):
+        true = inverse_displacement(truth["drift"], z, layout.frame_shape)
+        residual.append(np.linalg.norm(fields[z] - true, axis=0)[covered[z]].mean())
+    drift = [np.linalg.norm(inverse_displacement(truth["drift"], z, layout.frame_shape), axis=0).mean() for z in range(SHAPE[0])]
+    assert max(drift) > 1.5  # there was drift to correct
+    assert np.mean(residual) < 0.5, residual
+
+
+def test_mask_matches_vessel_and_tissue_edge(dataset, stacked):
+    _, truth, _ = dataset
+    images, covered = stacked[2], stacked[3]
+    mask = mask_volume(images, covered, margin_px=6, min_area_px=78)
+    assert mask[~covered].all()
+    m, t = mask[covered], truth["mask"][covered]
+    iou = (m & t).sum() / (m | t).sum()
+    assert iou > 0.7, iou
+    assert not mask[covered & (truth["labels"] > 0)].mean() > 0.05  # neurons are kept
+
+
+def test_skeletons_and_graph_of_the_ground_truth(dataset, tmp_path):
+    _, truth, _ = dataset
+    labels = truth["labels"]
+    skeletons = skeletonize(labels, (40.0, 16.0, 16.0))
+    assert set(skeletons) == set(truth["cable_length_nm"])
+    total = sum(cable_length_nm(s) for s in skeletons.values())
+    expected = sum(truth["cable_length_nm"].values())
+    assert abs(total - expected) / expected < 0.05, (total, expected)
+
+    paths = write_swc(skeletons, tmp_path / "skeletons")
+    vertices, edges = read_swc(paths[0])
+    assert len(vertices) > 5 and len(edges) == len(vertices) - 1  # a tree
+    assert vertices[:, 2].max() <= SHAPE[0] * 40.0 and vertices[:, 0].max() <= 128 * 16.0  # x y z in nm
+
+    graph = contact_graph(labels, (40.0, 16.0, 16.0), min_area_nm2=1e4, cable_nm=truth["cable_length_nm"])
+    assert set(graph.nodes) == set(truth["cable_length_nm"])
+    write_graphml(graph, tmp_path / "graph.graphml")
+    again = read_graphml(tmp_path / "graph.graphml")
+    assert sorted(again.edges) == sorted(graph.edges)
+    a, b = next(iter(graph.edges))
+    assert again.edges[a, b]["area_nm2"] == pytest.approx(graph.edges[a, b]["area_nm2"])
+    # a contact area is counted in nm²: two touching cubes share one 16 x 16 face across z
+    cubes = np.zeros((4, 4, 4), np.uint32)
+    cubes[:2], cubes[2:] = 1, 2
+    assert contact_graph(cubes, (40.0, 16.0, 16.0)).edges[1, 2]["area_nm2"] == 16 * 256.0

@@ -1,0 +1,141 @@
+"""napari opens every stage of a connectomics result as layers, docks the plugin's widget and saves a screenshot.
+
+A real ``napari.Viewer(show=False)`` needs an OpenGL context, which Qt's offscreen platform does not
+give. So the module starts its own Xvfb (a display number Xvfb picks itself, ``-displayfd``) and Qt
+draws through ``xcb`` with Mesa's software OpenGL (llvmpipe); ``.ci/run`` installs the system packages.
+"""
+
+from __future__ import annotations
+
+import os
+import select
+import shutil
+import subprocess
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from rtlib.napari_plugin import STAGES, get_reader, is_result
+from rtlib.synth.em import write_em_dataset
+from rtlib.workloads.connectomics import RESULT_NAME, workload
+
+
+@pytest.fixture(scope="module")
+def x_display(tmp_path_factory):
+    """An Xvfb server for this module; DISPLAY and QT_QPA_PLATFORM point Qt at it, restored afterwards."""
+    xvfb = shutil.which("Xvfb")
+    assert xvfb, "Xvfb is not installed (.ci/run installs the xvfb package)"
+    log = open(tmp_path_factory.mktemp("xvfb") / "xvfb.log", "wb")
+    read_end, write_end = os.pipe()
+    proc = subprocess.Popen([xvfb, "-displayfd", str(write_end), "-screen", "0", "1280x1024x24", "-nolisten", "tcp"],
+                            pass_fds=(write_end,), stdout=log, stderr=log)
+    os.close(write_end)
+    try:
+        # Xvfb writes the number, then a newline, when it is ready; read up to the newline, or it can fail
+        # writing the newline into a closed pipe and exit
+        reply, deadline = b"", time.monotonic() + 30
+        while not reply.endswith(b"\n") and time.monotonic() < deadline:
+            ready, _, _ = select.select([read_end], [], [], max(0.0, deadline - time.monotonic()))
+            chunk = os.read(read_end, 64) if ready else b""
+            if not chunk:
+                break
+            reply += chunk
+        number = reply.decode().strip()
+        assert reply.endswith(b"\n") and number.isdigit(), f"Xvfb did not report its display (exit code {proc.poll()})"
+        time.sleep(0.2)
+        # Qt aborts the whole process when it cannot reach the display: fail here instead, with Xvfb's log
+        assert proc.poll() is None, f"Xvfb exited ({proc.returncode}): {Path(log.name).read_text(errors='replace')}"
+    except BaseException:
+        proc.terminate()
+        proc.wait(10)
+        raise
+    finally:
+        os.close(read_end)
+    saved = {key: os.environ.get(key) for key in ("DISPLAY", "QT_QPA_PLATFORM")}
+    os.environ.update(DISPLAY=f":{number}", QT_QPA_PLATFORM="xcb")
+    yield os.environ["DISPLAY"]
+    for key, value in saved.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
+    proc.terminate()
+    proc.wait(10)
+    log.close()
+
+
+@pytest.fixture(scope="module")
+def result(tmp_path_factory):
+    base = tmp_path_factory.mktemp("napari")
+    write_em_dataset(base / "em", (8, 128, 128), seed=4)
+    workload.run(workload.validate({}), [base / "em"], base, lambda f, m: None)
+    return base / RESULT_NAME
+
+
+def test_reader_is_offered_only_for_results(result, tmp_path):
+    assert is_result(result) and callable(get_reader(str(result)))
+    assert get_reader(str(tmp_path)) is None and get_reader([str(result), str(result)]) is None
+
+
+def _read_png(path):
+    from PIL import Image
+
+    with Image.open(path) as image:
+        assert image.format == "PNG"
+        return np.asarray(image.convert("RGB")).astype(float)
+
+
+def test_napari_viewer_opens_every_stage_docks_the_widget_and_saves_a_screenshot(x_display, result, tmp_path):
+    import napari  # the viewer extra, installed by `make test` (rtlib[all])
+    from npe2 import PluginManager
+    from qtpy.QtCore import Qt
+
+    plugins = PluginManager.instance()
+    plugins.discover()  # finds rtlib through its napari.manifest entry point
+    manifest = plugins.get_manifest("rtlib")
+    assert {w.display_name for w in manifest.contributions.widgets} == {"Connectomics stages"}
+
+    viewer = napari.Viewer(show=False)  # a real window with a vispy canvas (software OpenGL under Xvfb)
+    try:
+        layers = viewer.open(str(result), plugin="rtlib")  # through the npe2 reader
+        assert [layer.name for layer in layers] == list(STAGES)
+        kinds = {layer.name: type(layer).__name__ for layer in viewer.layers}
+        assert kinds["segmentation"] == "Labels" and kinds["mask"] == "Labels" and kinds["image"] == "Image"
+        assert kinds["skeletons"] == "Shapes" and kinds["graph nodes"] == "Points" and kinds["graph edges"] == "Shapes"
+        np.testing.assert_allclose(viewer.layers["image"].scale, [40.0, 16.0, 16.0])  # nm, z stretched by the thickness
+        assert viewer.layers["tiles"].data.shape[:2] == (4, 8)  # (tile, section, y, x): sections on the z slider
+        assert viewer.layers["segmentation"].data.max() > 0
+
+        # the manifest's dock widget, docked by napari, which hands it the viewer
+        _, widget = viewer.window.add_plugin_dock_widget("rtlib", "Connectomics stages")
+        listed = widget.stages()
+        assert list(listed) == list(STAGES)
+        assert listed["image"] and listed["segmentation"] and not listed["tiles"] and not listed["boundary"]
+        viewer.window.resize(1400, 900)
+        viewer.dims.set_point(1, 4 * 40.0)  # the middle section (z in nm; axis 0 is the tile index)
+        viewer.reset_view()
+        # zoom from the padded mosaic canvas (the widest layer) to the aligned sections; napari 0.9 moved the camera
+        getattr(viewer, "scene", viewer).camera.zoom *= 1.5
+        # the whole window (canvas, layer list, dock widget), grabbed from Qt with the canvas drawn by OpenGL;
+        # with show=False napari's canvas-only screenshot stays black, the window grab does not
+        shot = viewer.screenshot(str(tmp_path / "window.png"), canvas_only=False)
+        row = list(STAGES).index("segmentation")
+        widget.stage_list.item(row).setCheckState(Qt.Unchecked)  # unticking a stage hides its layer
+        assert not viewer.layers["segmentation"].visible
+        viewer.screenshot(str(tmp_path / "without_segmentation.png"), canvas_only=False)
+        widget.stage_list.item(row).setCheckState(Qt.Checked)
+        assert viewer.layers["segmentation"].visible
+        viewer.layers.remove("graph edges")
+        assert "graph edges" not in widget.stages()  # the list follows the layers
+    finally:
+        viewer.close()
+    window = _read_png(tmp_path / "window.png")  # what was saved is what the viewer returned
+    np.testing.assert_array_equal(window, np.asarray(shot)[..., :3])
+    assert window.shape[0] > 500 and window.shape[1] > 800
+    # not blank: the EM image's grey levels and the segmentation's colours are on the canvas ...
+    assert window.std() > 20 and len(np.unique(window.reshape(-1, 3), axis=0)) > 2000, window.std()
+    # ... and drawn there: hiding the segmentation changes many pixels (not just the eye icon in the layer list)
+    changed = (np.abs(window - _read_png(tmp_path / "without_segmentation.png")).sum(axis=-1) > 30).sum()
+    assert changed > 30000, changed
