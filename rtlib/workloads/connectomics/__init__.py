@@ -14,14 +14,14 @@ as dask tasks), a small 3D U-Net predicts membranes and neuron interiors
 from __future__ import annotations
 
 import time
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 
 import rtlib
 
+from .._dask import cluster_client
 from ..base import ProgressFn, Workload
 from . import io
 from .align import AlignSettings, SectionAligner
@@ -55,7 +55,7 @@ def run(params: ConnectomicsParams, inputs: list[Path], outdir: Path, progress: 
 
     store = ZarrArrays(str(result))
     grid = BlockGrid(shape, block)
-    with _cluster_client(params.split_over_workers) as client:
+    with cluster_client(params.split_over_workers) as client:
         started = time.perf_counter()
         predict_blocks(store, grid, params.weights, client)
         timings["unet_s"] = time.perf_counter() - started
@@ -153,31 +153,6 @@ def stitch_align_mask(sections: list[Path], layout: io.Layout, params: Connectom
     timings["align_s"] = align_s
     timings["mask_s"] = mask_s
     return residuals
-
-
-def client_used(requested: bool) -> bool:
-    if not requested:
-        return False
-    try:
-        from distributed import get_worker
-
-        get_worker()
-        return True
-    except (ImportError, ValueError):
-        return False
-
-
-@contextmanager
-def _cluster_client(requested: bool) -> Iterator[Any]:
-    """The cluster this run is a task of (so blocks can be tasks too), or None outside a dask worker."""
-    if not client_used(requested):
-        yield None
-        return
-    from distributed import worker_client
-
-    # worker_client secedes this task from the worker's thread pool while its blocks run
-    with worker_client() as client:
-        yield client
 
 
 workload = Workload(

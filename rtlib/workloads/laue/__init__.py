@@ -11,11 +11,11 @@ peaks are found in the depth-resolved stack (``peaks``). Results:
 
 from __future__ import annotations
 
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from ...errors import InputDataError, ParameterError
+from .._dask import client_used, cluster_client
 from ..base import ProgressFn, Workload
 from .geometry import ScanGeometry, make_geometry
 from .output import CSV_NAME, H5_NAME, read_results, write_results
@@ -52,7 +52,7 @@ def run(params: LaueParams, inputs: list[Path], outdir: Path, progress: Progress
     def report(fraction: float, message: str) -> None:
         progress(_RECONSTRUCT_SHARE * fraction, message)
 
-    with _cluster_client(params.split_over_workers) as client:
+    with cluster_client(params.split_over_workers) as client:
         stack = reconstruct_file(str(path), params.dataset_path, geometry, bins, params.wire_edge,
                                  rows_per_block=params.rows_per_block, client=client, progress=report)
     progress(_RECONSTRUCT_SHARE, "finding peaks")
@@ -93,32 +93,6 @@ def run(params: LaueParams, inputs: list[Path], outdir: Path, progress: Progress
     if others:
         summary["ignored_inputs"] = others
     return summary
-
-
-def client_used(requested: bool) -> bool:
-    if not requested:
-        return False
-    try:
-        from distributed import get_worker
-
-        get_worker()
-        return True
-    except (ImportError, ValueError):
-        return False
-
-
-@contextmanager
-def _cluster_client(requested: bool) -> Iterator[Any]:
-    """The cluster this run is a task of (so row blocks can be tasks too), or None outside a dask worker."""
-    if not requested or not client_used(True):
-        yield None
-        return
-    from distributed import worker_client
-
-    # worker_client secedes this task from the worker's thread pool while it waits, so the blocks
-    # can run even on the thread this task occupied.
-    with worker_client() as client:
-        yield client
 
 
 workload = Workload(
