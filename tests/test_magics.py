@@ -22,6 +22,8 @@ def ip(tmp_path, monkeypatch):
     shell.run_line_magic("load_ext", "jupyter_ext")
     yield shell
     shell.run_line_magic("unload_ext", "jupyter_ext")
+    # the shell is a process-wide singleton: left behind, it makes later Qt code (napari) think it runs in IPython
+    InteractiveShell.clear_instance()
 
 
 @pytest.fixture
