@@ -9,14 +9,13 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import tempfile
-import time
 from pathlib import Path
 from typing import Optional
 
 import typer
 from rich.console import Console
 
+from .cli_onefile import one_file_run
 from .errors import RtlibError
 
 console = Console()
@@ -44,20 +43,13 @@ def em_run(
         params["weights"] = str(weights)
     validated = workload.validate(params)
 
-    def report(fraction: float, message: str) -> None:
-        if not quiet:
-            console.print(f"{fraction:6.1%}  {message}", highlight=False)
-
     output = output.expanduser()
-    output.parent.mkdir(parents=True, exist_ok=True)
-    started = time.perf_counter()
-    # The workload writes into an empty directory; the result replaces OUTPUT only once complete.
-    with tempfile.TemporaryDirectory(dir=output.parent, prefix=".em-") as scratch:
-        summary = workload.run(validated, [input_dir], Path(scratch), report)
+    with one_file_run(output, prefix=".em-", quiet=quiet, console=console) as run:
+        summary = workload.run(validated, [input_dir], run.scratch, run.report)
         if output.exists():
             shutil.rmtree(output)
-        os.replace(Path(scratch) / RESULT_NAME, output)
-    summary["wall_s"] = round(time.perf_counter() - started, 3)
+        os.replace(run.scratch / RESULT_NAME, output)
+    summary["wall_s"] = run.wall_s()
     summary["output"] = str(output)
     console.print_json(json.dumps(summary, default=str))
 

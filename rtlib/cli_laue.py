@@ -9,13 +9,13 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import tempfile
-import time
 from pathlib import Path
 from typing import Optional
 
 import typer
 from rich.console import Console
+
+from .cli_onefile import one_file_run
 
 console = Console()
 
@@ -45,20 +45,13 @@ def reconstruct(
         "peak_threshold_sigma": peak_threshold_sigma,
     })
 
-    def report(fraction: float, message: str) -> None:
-        if not quiet:
-            console.print(f"{fraction:6.1%}  {message}", highlight=False)
-
     output = output.expanduser()
-    output.parent.mkdir(parents=True, exist_ok=True)
-    started = time.perf_counter()
-    # The workload writes into an empty directory; the result is moved to OUTPUT only once complete.
-    with tempfile.TemporaryDirectory(dir=output.parent, prefix=".laue-") as scratch:
-        summary = workload.run(validated, [scan], Path(scratch), report)
-        shutil.move(str(Path(scratch) / H5_NAME), str(output) + ".partial")
+    with one_file_run(output, prefix=".laue-", quiet=quiet, console=console) as run:
+        summary = workload.run(validated, [scan], run.scratch, run.report)
+        shutil.move(str(run.scratch / H5_NAME), str(output) + ".partial")
         os.replace(str(output) + ".partial", output)
-        shutil.move(str(Path(scratch) / CSV_NAME), str(output.with_suffix(".csv")))
-    summary["wall_s"] = round(time.perf_counter() - started, 3)
+        shutil.move(str(run.scratch / CSV_NAME), str(output.with_suffix(".csv")))
+    summary["wall_s"] = run.wall_s()
     summary["output"] = str(output)
     console.print_json(json.dumps(summary, default=str))
 
