@@ -21,7 +21,6 @@ import os
 import random
 import secrets
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -32,19 +31,15 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
+sys.path.insert(0, str(HERE.parent / "tests"))
 from common import write_result  # noqa: E402
+from helpers import free_port  # noqa: E402
 
 from rtlib import config as cfg  # noqa: E402
 from rtlib import jobs as jobops  # noqa: E402
 from rtlib.manager import JobManager  # noqa: E402
 from rtlib.states import State  # noqa: E402
 from rtlib.store import JobStore  # noqa: E402
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def pct(values: list[float], q: float) -> float:

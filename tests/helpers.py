@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import socket
 from pathlib import Path
 
 from rtlib import config as cfg
@@ -56,3 +57,10 @@ def assert_results_home(settings: cfg.Settings, store) -> int:
         assert sha256(dst) == it.checksum, f"checksum of {dst}"
         n += 1
     return n
+
+
+def free_port() -> int:
+    """A TCP port free on the loopback interface now (for servers the tests start)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

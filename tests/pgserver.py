@@ -24,6 +24,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from helpers import free_port
+
 INSTALL_HINT = (
     "install the PostgreSQL server binaries (Debian/Ubuntu: `sudo apt-get install postgresql`; "
     "`.ci/run` does this), or put the directory holding initdb and pg_ctl on PATH"
@@ -58,12 +60,6 @@ def find_bindir() -> Path:
             return d
     searched = ", ".join(str(c) for c in candidates) or "nothing found by pg_config, /usr/lib/postgresql/*/bin or PATH"
     raise PostgresUnavailable(f"PostgreSQL server binaries (initdb, pg_ctl) not found (searched: {searched}); {INSTALL_HINT}")
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class PostgresServer:

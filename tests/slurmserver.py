@@ -31,6 +31,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from helpers import free_port
+
 INSTALL_HINT = (
     "install Slurm and munge (Debian/Ubuntu: `sudo apt-get install slurm-wlm slurm-wlm-torque munge`; "
     "`.ci/run` does this)"
@@ -41,12 +43,6 @@ PARTITIONS = ("demand", "preemptable")
 
 class SlurmUnavailable(RuntimeError):
     """The Slurm or munge binaries are missing, or the daemons would not start."""
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _need(binary: str) -> str:
