@@ -116,10 +116,11 @@ def time_reference(manager: JobManager, n_requests: int, total: int, state: str 
     return times
 
 
-def event_delays(port: int, token: str, store: JobStore, ids: list[int], samples: int) -> list[float]:
+def event_delays(port: int, token: str, manager: JobManager, ids: list[int], samples: int) -> list[float]:
     """Delay from a committed state change to its event on the stream, in ms."""
+    store = manager.store
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
-    since = max(e.id for e in store.events(after_id=0)) if ids else 0
+    since = manager.last_event_id()
     conn.request("GET", f"/rtlib/api/events?since={since}", headers={"Authorization": f"token {token}", "Accept": "text/event-stream"})
     resp = conn.getresponse()
     assert resp.status == 200
@@ -184,7 +185,7 @@ def main() -> None:
             api_f = time_list(port, token, args.requests // 3, args.jobs, "created", rng)
             ref = time_reference(manager, args.requests, args.jobs, None, rng)
             ids = [j.id for j in store.list_jobs(states=[State.CREATED], limit=args.event_samples)]
-            ev = event_delays(port, token, store, ids, args.event_samples)
+            ev = event_delays(port, token, manager, ids, args.event_samples)
         finally:
             stop_server(proc)
             store.close()
