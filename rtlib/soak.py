@@ -110,16 +110,20 @@ def _proc_sample(pid: int) -> tuple[float, int] | None:
         return None
 
 
-def _session_children(pid: int) -> list[int]:
-    """Processes in the agent's session (its dask workers), the agent itself excluded."""
+def _session_workers(pid: int) -> list[int]:
+    """The dask worker processes in the agent's session: spawned children, not the agent itself and not
+    multiprocessing's resource tracker (a preemption takes a node's workers, not the tracker's bookkeeping)."""
     out = []
     for entry in os.listdir("/proc"):
         if entry.isdigit() and int(entry) != pid:
             try:
-                if os.getsid(int(entry)) == pid:
-                    out.append(int(entry))
+                if os.getsid(int(entry)) != pid:
+                    continue
+                cmdline = Path(f"/proc/{entry}/cmdline").read_bytes()
             except OSError:
                 continue
+            if b"spawn_main" in cmdline or b"forkserver" in cmdline:
+                out.append(int(entry))
     return out
 
 
@@ -169,7 +173,7 @@ class _Supervisor:
     def preempt_one_worker(self, rng: random.Random) -> bool:
         if not self.alive():
             return False
-        workers = _session_children(self.proc.pid)
+        workers = _session_workers(self.proc.pid)
         if not workers:
             return False
         try:

@@ -139,6 +139,44 @@ def test_blockwise_dask_equals_the_whole_volume(em_run, tmp_path):
     assert {k for k, v in areas.items() if v >= defaults.min_contact_area_nm2} == {tuple(sorted(e)) for e in graph.edges}
 
 
+def test_the_chain_in_small_blocks_never_holds_the_volume_and_gives_the_same_result(em_run, tmp_path, monkeypatch):
+    """The workload with blocks 1/8 of the volume: every array read is a block with its halo or one neuron's
+    box (so the chain runs on volumes larger than memory), and the result equals the whole-volume run's."""
+    from rtlib.workloads import connectomics
+    from rtlib.workloads.connectomics.blockwise import PREDICT_HALO, ZarrArrays
+
+    root, _, out, _ = em_run
+    reads = []
+    plain_read = ZarrArrays.read
+
+    def recording_read(self, name, where):
+        data = plain_read(self, name, where)
+        reads.append((name, data.size))
+        return data
+
+    monkeypatch.setattr(ZarrArrays, "read", recording_read)
+    summary = connectomics.run(ConnectomicsParams(block_sections=8, block_px=64), [root], tmp_path, lambda *a: None)
+    monkeypatch.undo()
+    whole_result, small_result = out / "connectomics.zarr", tmp_path / "connectomics.zarr"
+    whole = zarr.open_group(str(whole_result), mode="r")
+    small = zarr.open_group(str(small_result), mode="r")
+    assert summary["blocks"] == 8
+    np.testing.assert_array_equal(small[io.SEGMENTATION][...], whole[io.SEGMENTATION][...])
+    g_small, g_whole = read_graphml(small_result / io.GRAPH), read_graphml(whole_result / io.GRAPH)
+    assert sorted(g_small.edges) == sorted(g_whole.edges) and dict(g_small.nodes(data=True)) == dict(g_whole.nodes(data=True))
+    for swc in (whole_result / io.SKELETONS).glob("*.swc"):
+        for a, b in zip(read_swc(small_result / io.SKELETONS / swc.name), read_swc(swc)):
+            np.testing.assert_array_equal(a, b, err_msg=swc.name)
+
+    grid = BlockGrid(SHAPE, (8, 64, 64))
+    block_with_halo = max(int(np.prod([s.stop - s.start for s in grid.outer(core, PREDICT_HALO)[0]])) for _, core in grid.cores())
+    labels = whole[io.SEGMENTATION][...]
+    largest_box = max(int(np.prod([min(n, hi + 2) - max(0, lo - 1) for lo, hi, n in zip(idx.min(1), idx.max(1), SHAPE)]))
+                      for idx in (np.array(np.nonzero(labels == k)) for k in np.unique(labels[labels > 0])))
+    assert max(size for _, size in reads) <= max(block_with_halo, largest_box) < labels.size / 2, (reads, largest_box)
+    assert {name for name, _ in reads} >= {io.IMAGE, io.BOUNDARY, io.FOREGROUND, io.SEGMENTATION}
+
+
 def test_match_labels_and_scores_are_ground_truth_checked():
     truth = np.zeros((2, 4, 8), np.uint32)
     truth[:, :, :4], truth[:, :, 4:] = 1, 2

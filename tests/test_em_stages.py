@@ -136,3 +136,65 @@ def test_skeletons_and_graph_of_the_ground_truth(dataset, tmp_path):
     cubes = np.zeros((4, 4, 4), np.uint32)
     cubes[:2], cubes[2:] = 1, 2
     assert contact_graph(cubes, (40.0, 16.0, 16.0)).edges[1, 2]["area_nm2"] == 16 * 256.0
+
+
+def test_block_tables_equal_whole_volume_measurements(dataset, tmp_path):
+    """Sizes, centroids and boxes reduced from per-block tables (a blocking that cuts every neuron) equal numpy/scipy's."""
+    import zarr
+    from scipy import ndimage as ndi
+
+    from rtlib.workloads.connectomics.blockwise import BlockGrid, label_summary_blocks
+
+    labels = read_ground_truth(dataset[0])["labels"]
+    zarr.open_group(str(tmp_path / "v.zarr"), mode="w").create_array("segmentation", data=labels, chunks=(5, 48, 40))
+    summaries = label_summary_blocks(tmp_path / "v.zarr", BlockGrid(labels.shape, (5, 48, 40)))
+    ids = np.unique(labels[labels > 0])
+    assert sorted(summaries) == ids.tolist()
+    for label, centre in zip(ids.tolist(), ndi.center_of_mass(labels > 0, labels, ids)):
+        z, y, x = np.nonzero(labels == label)
+        s = summaries[label]
+        assert s.voxels == len(z) and np.allclose(s.centroid_px, centre)
+        assert s.lo == (z.min(), y.min(), x.min()) and s.hi == (z.max() + 1, y.max() + 1, x.max() + 1)
+
+
+def test_per_neuron_skeletons_from_zarr_match_kimimaro_on_the_whole_volume(dataset, tmp_path):
+    """Each neuron skeletonized from its own bounding box (what the workload does, never holding the volume)
+    against kimimaro on the whole in-memory volume, and against the true centrelines."""
+    import zarr
+
+    from rtlib.workloads.connectomics.blockwise import BlockGrid, label_summary_blocks
+    from rtlib.workloads.connectomics.skeleton import skeletonize_objects
+
+    truth = read_ground_truth(dataset[0])
+    labels, spacing = truth["labels"], (40.0, 16.0, 16.0)
+    zarr.open_group(str(tmp_path / "v.zarr"), mode="w").create_array("segmentation", data=labels, chunks=(6, 64, 64))
+    summaries = label_summary_blocks(tmp_path / "v.zarr", BlockGrid(labels.shape, (6, 64, 64)))
+    reads = []
+    per_neuron = skeletonize_objects(_recording(tmp_path / "v.zarr", reads), summaries, spacing, shape=labels.shape,
+                                     batch_box_voxels=1)
+    whole = skeletonize(labels, spacing)
+    assert set(per_neuron) == set(whole) == set(truth["cable_length_nm"])
+    # every read is one neuron's box grown by a voxel, never the volume
+    assert len(reads) == len(per_neuron) and max(reads) < labels.size / 2
+    lengths = {k: cable_length_nm(s) for k, s in per_neuron.items()}
+    reference = {k: cable_length_nm(s) for k, s in whole.items()}
+    assert abs(sum(lengths.values()) - sum(reference.values())) / sum(reference.values()) < 0.03
+    assert np.median([abs(lengths[k] - reference[k]) / reference[k] for k in whole]) < 0.02
+    expected = sum(truth["cable_length_nm"].values())
+    assert abs(sum(lengths.values()) - expected) / expected < 0.05
+    # in nm, in the volume's frame: every vertex lies inside its neuron
+    for label, skel in per_neuron.items():
+        zyx = np.rint(skel.vertices[:, ::-1] / np.array(spacing)).astype(int)
+        assert (labels[tuple(zyx.T)] == label).mean() > 0.95, label
+
+
+def _recording(path, reads: list):
+    from rtlib.workloads.connectomics.blockwise import ZarrArrays
+
+    class Recording(ZarrArrays):
+        def read(self, name, where):
+            data = super().read(name, where)
+            reads.append(data.size)
+            return data
+
+    return Recording(str(path))

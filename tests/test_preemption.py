@@ -110,3 +110,37 @@ def test_a_cluster_left_without_workers_is_replaced_and_the_job_rerun(tmp_path):
         assert_results_home(settings, rt.store)
     finally:
         rt.close()
+
+
+def test_a_cluster_start_killed_twice_is_retried_then_runs(monkeypatch):
+    """Workers killed while the cluster starts (a preemption, a loaded node): the start is retried with backoff."""
+    import pytest
+
+    from rtlib.compute import local
+    from rtlib.errors import ComputeStartError
+
+    real, calls = local.LocalCluster, []
+
+    def flaky(*args, **kwargs):
+        calls.append(time.monotonic())
+        if len(calls) <= 2:
+            raise RuntimeError("Nanny failed to start.")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(local, "LocalCluster", flaky)
+    backend = LocalDaskBackend(workers=1, start_timeout_s=30)
+    backend.start()
+    try:
+        assert len(calls) == 3 and calls[2] - calls[1] >= 1.9  # backoff 1 s, then 2 s
+        assert backend.client.submit(sum, [1, 2], pure=False).result(timeout=60) == 3
+    finally:
+        backend.close()
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("Nanny failed to start.")
+
+    monkeypatch.setattr(local, "LocalCluster", broken)
+    started = time.monotonic()
+    with pytest.raises(ComputeStartError, match=r"did not start after \d+ tries in 4 s: RuntimeError: Nanny failed"):
+        LocalDaskBackend(workers=1, start_timeout_s=4).start()
+    assert time.monotonic() - started < 4.5

@@ -26,7 +26,7 @@ def test_short_campaign_under_every_fault(tmp_path, postgres_server):
     assert verdict.datasets >= 30 and verdict.done + verdict.failed_as_expected == verdict.datasets
     inj = verdict.injected
     assert inj.get("agent_sigkills", 0) >= 1 and inj.get("store_restarts", 0) >= 1 and inj.get("malformed_inputs", 0) >= 1, inj
-    assert inj.get("agent_exits_unprompted", 0) == 0, inj
+    assert inj.get("agent_exits_unprompted", 0) == 0, (inj, verdict.agent_exit_logs)
     assert inj.get("worker_preemptions", 0) >= 1 and inj.get("expired_tokens", 0) >= 1 and verdict.copies_retried >= 1, inj
     # the als copies went through globus-sdk; revoked tokens were refused and the service account got new ones
     assert verdict.globus["files"] > 0 and verdict.globus["rejected_401"] >= 1 and verdict.globus["token_grants"] >= 2, verdict.globus

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import logging
 import time
 from typing import Any, Callable
@@ -42,8 +43,10 @@ log = logging.getLogger("rtlib.compute")
 
 
 class LocalDaskBackend(ComputeBackend):
-    def __init__(self, workers: int = 2, threads_per_worker: int = 1, *, processes: bool = True, revive_after_s: float = 20.0):
+    def __init__(self, workers: int = 2, threads_per_worker: int = 1, *, processes: bool = True, revive_after_s: float = 20.0,
+                 start_timeout_s: float = 60.0):
         self.workers = workers
+        self.start_timeout_s = start_timeout_s
         self.threads_per_worker = threads_per_worker
         self.processes = processes
         self.revive_after_s = revive_after_s
@@ -64,9 +67,10 @@ class LocalDaskBackend(ComputeBackend):
         # A worker that dies must surface as a lost attempt at once (the agent owns the retry
         # budget), not be silently rescheduled by dask up to `allowed-failures` times.
         dask.config.set({"distributed.scheduler.allowed-failures": 0})
-        # A worker killed while it starts (a node failing, a loaded machine timing out) fails the
-        # whole cluster start: try again a few times before giving up with the cause.
-        for attempt in range(1, 4):
+        # A worker killed while it starts (a node failing, a preemption, a loaded machine timing out)
+        # fails the whole cluster start: try again with backoff for `start_timeout_s` before giving up.
+        give_up = time.monotonic() + self.start_timeout_s
+        for attempt in itertools.count(1):
             try:
                 self.cluster = LocalCluster(
                     n_workers=self.workers,
@@ -80,10 +84,13 @@ class LocalDaskBackend(ComputeBackend):
                 return
             except Exception as err:  # distributed raises RuntimeError / TimeoutError / OSError here
                 self.close()
-                if attempt == 3:
-                    raise ComputeStartError(f"the dask LocalCluster did not start after 3 tries: {type(err).__name__}: {err}") from err
-                log.warning("dask LocalCluster failed to start (%s); trying again", err)
-                time.sleep(1.0 * attempt)
+                wait_s = min(2.0 ** (attempt - 1), 10.0)
+                if time.monotonic() + wait_s > give_up:
+                    raise ComputeStartError(
+                        f"the dask LocalCluster did not start after {attempt} tries in {self.start_timeout_s:.0f} s: "
+                        f"{type(err).__name__}: {err}; check the workers' log above (memory, ports, a killed process)") from err
+                log.warning("dask LocalCluster failed to start (%s); trying again in %.0f s", err, wait_s)
+                time.sleep(wait_s)
 
     def submit(self, fn: Callable[..., Any], *args: Any, key: str) -> Any:
         assert self.client is not None, "start() the backend first"

@@ -55,7 +55,7 @@ class EmVolume:
     vessel_lumen: np.ndarray  # bool
     outside: np.ndarray  # bool: out of tissue
     mito: np.ndarray  # bool: mitochondria (inside neurons, part of them)
-    cable_nm: dict[int, float]  # centreline length of each neuron inside the output frame
+    cable_nm: dict[int, float]  # centreline length of each neuron inside the output frame and in tissue
     pixel_size_nm: float
     section_thickness_nm: float
     frame_shape: tuple[int, int, int]  # (z, y, x) of the output frame
@@ -144,6 +144,9 @@ def make_world(shape=(32, 128, 128), *, num_neurites=16, pixel_size_nm=16.0, sec
                                    bounds, step, branch_prob=0.004)
         paint(points, radii, label)
         inside = np.all((points >= frame_lo) & (points < frame_hi), axis=1)
+        if outside:  # and in tissue: beyond the tissue edge the neuron has no voxels
+            vy_px, vx_px = np.rint(points[:, 1] / pixel_size_nm), np.rint(points[:, 2] / pixel_size_nm)
+            inside &= vx_px <= edge_x(vy_px)
         seg = np.linalg.norm(np.diff(points, axis=0), axis=1)
         # a centreline step counts when both its ends are inside; branch starts are not joined to their parent
         cable[label] = float(np.sum(seg[(inside[:-1] & inside[1:]) & (seg < 2 * step)]))
@@ -167,7 +170,7 @@ def make_world(shape=(32, 128, 128), *, num_neurites=16, pixel_size_nm=16.0, sec
         labels[out] = 0
         wall &= ~out
         lumen &= ~out
-    for label in list(cable):  # cable counted only where the neuron is in tissue
+    for label in list(cable):  # a neuron that lies wholly beyond the tissue edge is not one
         if not np.any(labels == label):
             cable.pop(label)
 

@@ -6,8 +6,10 @@ section 0 (``align``), non-target regions are masked (``mask``), all one section
 a Zarr group; then, block by block with overlaps (``blockwise``, in turn or
 as dask tasks), a small 3D U-Net predicts membranes and neuron interiors
 (``unet``), seeded growth with agglomeration makes 3D neurons
-(``segment``) and their contacts are measured; kimimaro skeletonizes them
-(``skeleton``) and the contacts form a networkx graph (``graph``). Results:
+(``segment``), and their sizes, centroids, bounding boxes and contacts are
+tabulated; kimimaro skeletonizes each neuron from its own bounding box
+(``skeleton``) and the tables form a networkx graph (``graph``). No step
+holds the whole volume. Results:
 ``connectomics.zarr`` (layout in ``io``), viewable with ``rtlib view``.
 """
 
@@ -50,8 +52,10 @@ def run(params: ConnectomicsParams, inputs: list[Path], outdir: Path, progress: 
     timings: dict[str, float] = {}
     stitch_residuals = stitch_align_mask(sections, layout, params, result, progress, timings)
 
-    from .blockwise import BlockGrid, ZarrArrays, contacts_blocks, describe, predict_blocks, segment_blocks
+    from .blockwise import BlockGrid, ZarrArrays, contacts_blocks, describe, label_summary_blocks, predict_blocks, segment_blocks
+    from .graph import graph_from_tables, write_graphml
     from .segment import SegmentSettings
+    from .skeleton import TeasarSettings, cable_length_nm, skeletonize_objects, write_swc
 
     store = ZarrArrays(str(result))
     grid = BlockGrid(shape, block)
@@ -66,24 +70,20 @@ def run(params: ConnectomicsParams, inputs: list[Path], outdir: Path, progress: 
             foreground_threshold=params.foreground_threshold, seed_boundary_max=params.seed_boundary_max,
             min_seed_voxels=params.min_seed_voxels, merge_threshold=params.merge_threshold,
             min_voxels=max(1, int(params.min_object_volume_um3 * 1e9 / voxel_nm3))), client)
+        summaries = label_summary_blocks(store, grid, io.SEGMENTATION, client)
         timings["segment_s"] = time.perf_counter() - started
+        progress(0.8, f"segmented {len(summaries)} neurons")
+        # skeletons: one neuron's bounding box per task, never the whole volume
+        started = time.perf_counter()
+        skeletons = skeletonize_objects(store, summaries, spacing, TeasarSettings(
+            scale=params.teasar_scale, const_nm=params.teasar_const_nm), shape=shape, name=io.SEGMENTATION, client=client)
+        timings["skeleton_s"] = time.perf_counter() - started
         started = time.perf_counter()
         areas = contacts_blocks(store, grid, spacing, client=client)
-        timings["contacts_s"] = time.perf_counter() - started
         used_client = client is not None
-    labels = np.asarray(store.get(io.SEGMENTATION)[...])
-    progress(0.8, f"segmented {int(labels.max())} neurons")
-
-    from .graph import contact_graph, write_graphml
-    from .skeleton import TeasarSettings, cable_length_nm, skeletonize, write_swc
-
-    started = time.perf_counter()
-    skeletons = skeletonize(labels, spacing, TeasarSettings(scale=params.teasar_scale, const_nm=params.teasar_const_nm))
-    timings["skeleton_s"] = time.perf_counter() - started
     cables = {int(k): cable_length_nm(s) for k, s in skeletons.items()}
-    started = time.perf_counter()
-    graph = contact_graph(labels, spacing, min_area_nm2=params.min_contact_area_nm2, cable_nm=cables, areas=areas)
-    timings["graph_s"] = time.perf_counter() - started + timings.pop("contacts_s")
+    graph = graph_from_tables(summaries, areas, spacing, min_area_nm2=params.min_contact_area_nm2, cable_nm=cables)
+    timings["graph_s"] = time.perf_counter() - started
     progress(0.9, f"{len(skeletons)} skeletons, {graph.number_of_edges()} contacts")
 
     write_swc(skeletons, result / io.SKELETONS)
@@ -94,7 +94,7 @@ def run(params: ConnectomicsParams, inputs: list[Path], outdir: Path, progress: 
         "input": root.name,
         "shape": list(shape),
         "scale_nm": list(spacing),
-        "neurons": int(labels.max()),
+        "neurons": len(summaries),
         "skeletons": len(skeletons),
         "contacts": graph.number_of_edges(),
         "masked_fraction": round(mask_fraction, 4),

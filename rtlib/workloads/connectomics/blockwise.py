@@ -389,5 +389,65 @@ def contacts_blocks(arrays, grid: BlockGrid, spacing_nm: tuple[float, float, flo
     return areas
 
 
+# -- per-neuron summaries ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class LabelSummary:
+    """One label's voxel count, centroid (z, y, x px) and bounding box [lo, hi) in voxels, from block tables."""
+
+    voxels: int
+    centroid_px: tuple[float, float, float]
+    lo: tuple[int, int, int]
+    hi: tuple[int, int, int]
+
+    @property
+    def box(self) -> Slices:
+        return tuple(slice(a, b) for a, b in zip(self.lo, self.hi))
+
+    @property
+    def box_voxels(self) -> int:
+        return int(np.prod(np.subtract(self.hi, self.lo)))
+
+
+def _summary_block(store, core: Slices, name: str):
+    """(ids, counts, coordinate sums (n, 3), box lows (n, 3), box highs (n, 3)) of the labels in one block."""
+    labels = store.read(name, core)
+    nz = np.flatnonzero(labels)
+    if len(nz) == 0:
+        empty = np.zeros((0, 3), np.int64)
+        return np.zeros(0, np.uint64), np.zeros(0, np.int64), empty.astype(np.float64), empty, empty
+    values = labels.ravel()[nz]
+    order = np.argsort(values, kind="stable")
+    values, coords = values[order], np.stack(np.unravel_index(nz[order], labels.shape), 1)
+    coords += np.array([s.start for s in core])
+    ids, start, counts = np.unique(values, return_index=True, return_counts=True)
+    sums = np.add.reduceat(coords.astype(np.float64), start, axis=0)
+    lows = np.minimum.reduceat(coords, start, axis=0)
+    highs = np.maximum.reduceat(coords, start, axis=0) + 1
+    return ids.astype(np.uint64), counts.astype(np.int64), sums, lows, highs
+
+
+def label_summary_blocks(arrays, grid: BlockGrid, name: str = "segmentation", client=None) -> dict[int, LabelSummary]:
+    """{label: LabelSummary} of the non-zero labels in ``name``, reduced from per-block tables (never the whole volume)."""
+    store = _store(arrays)
+    _check_client(store, client)
+    parts = run_blocks(_summary_block, [(store, core, name) for _, core in grid.cores()], client)
+    ids = np.concatenate([p[0] for p in parts])
+    if len(ids) == 0:
+        return {}
+    unique, inverse = np.unique(ids, return_inverse=True)
+    inverse = inverse.ravel()
+    counts = np.bincount(inverse, weights=np.concatenate([p[1] for p in parts]), minlength=len(unique))
+    sums = np.stack([np.bincount(inverse, weights=np.concatenate([p[2][:, a] for p in parts]), minlength=len(unique))
+                     for a in range(3)], 1)
+    lows = np.full((len(unique), 3), np.iinfo(np.int64).max)
+    highs = np.zeros((len(unique), 3), np.int64)
+    np.minimum.at(lows, inverse, np.concatenate([p[3] for p in parts]))
+    np.maximum.at(highs, inverse, np.concatenate([p[4] for p in parts]))
+    return {int(k): LabelSummary(int(n), tuple((s / n).tolist()), tuple(lo.tolist()), tuple(hi.tolist()))
+            for k, n, s, lo, hi in zip(unique.tolist(), counts, sums, lows, highs)}
+
+
 def describe(grid: BlockGrid) -> dict[str, Any]:
     return {"blocks": len(grid), "block_shape": list(grid.block)}

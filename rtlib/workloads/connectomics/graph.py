@@ -14,32 +14,33 @@ import networkx as nx
 import numpy as np
 
 
-def contacts(labels: np.ndarray, spacing_nm: tuple[float, float, float]) -> dict[tuple[int, int], float]:
-    """{(a, b): area_nm2} for a < b, over face-adjacent voxel pairs of different non-zero labels."""
-    from .blockwise import BlockGrid, contacts_blocks
-
-    return contacts_blocks({"segmentation": labels}, BlockGrid(labels.shape, labels.shape), spacing_nm)
-
-
 def contact_graph(labels: np.ndarray, spacing_nm: tuple[float, float, float], *, min_area_nm2: float = 0.0,
-                  cable_nm: dict[int, float] | None = None, areas: dict[tuple[int, int], float] | None = None) -> nx.Graph:
-    """Nodes: every label with its volume (um³) and centroid (nm); edges: contacts with area_nm2.
+                  cable_nm: dict[int, float] | None = None) -> nx.Graph:
+    """The graph of an in-memory volume (the whole volume as one block; see ``graph_from_tables``)."""
+    from .blockwise import BlockGrid, contacts_blocks, label_summary_blocks
 
-    ``areas``: contacts already measured (block-wise, ``blockwise.contacts_blocks``); else measured here."""
+    grid = BlockGrid(labels.shape, labels.shape)
+    arrays = {"segmentation": labels}
+    return graph_from_tables(label_summary_blocks(arrays, grid), contacts_blocks(arrays, grid, spacing_nm), spacing_nm,
+                             min_area_nm2=min_area_nm2, cable_nm=cable_nm)
+
+
+def graph_from_tables(summaries: dict, areas: dict[tuple[int, int], float], spacing_nm: tuple[float, float, float], *,
+                      min_area_nm2: float = 0.0, cable_nm: dict[int, float] | None = None) -> nx.Graph:
+    """Nodes: every label with its voxels, volume (um³) and centroid (nm); edges: contacts with area_nm2.
+
+    ``summaries`` ({label: LabelSummary}) and ``areas`` ({(a, b): nm²}) are the block-wise tables of
+    ``blockwise.label_summary_blocks`` and ``blockwise.contacts_blocks``: the volume is never loaded whole."""
     graph = nx.Graph()
-    ids, counts = np.unique(labels[labels > 0], return_counts=True)
     voxel_um3 = float(np.prod(spacing_nm)) * 1e-9
-    from scipy import ndimage as ndi
-
-    centroids = ndi.center_of_mass(labels > 0, labels, ids) if len(ids) else []
-    for label, count, centre in zip(ids.tolist(), counts.tolist(), centroids):
-        attrs = {"voxels": int(count), "volume_um3": count * voxel_um3}
+    for label, summary in sorted(summaries.items()):
+        attrs = {"voxels": summary.voxels, "volume_um3": summary.voxels * voxel_um3}
         for axis, name in enumerate("zyx"):
-            attrs[f"{name}_nm"] = float(centre[axis] * spacing_nm[axis])
+            attrs[f"{name}_nm"] = float(summary.centroid_px[axis] * spacing_nm[axis])
         if cable_nm and label in cable_nm:
             attrs["cable_length_nm"] = float(cable_nm[label])
         graph.add_node(int(label), **attrs)
-    for (a, b), area in (contacts(labels, spacing_nm) if areas is None else areas).items():
+    for (a, b), area in areas.items():
         if area >= min_area_nm2:
             graph.add_edge(int(a), int(b), area_nm2=float(area))
     return graph

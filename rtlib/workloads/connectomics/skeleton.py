@@ -22,10 +22,13 @@ class TeasarSettings:
 
 def skeletonize(labels: np.ndarray, spacing_nm: tuple[float, float, float], settings: TeasarSettings | None = None,
                 parallel: int = 1) -> dict:
-    """{label: osteoid Skeleton (vertices in nm, x y z)}."""
+    """{label: osteoid Skeleton (vertices in nm, x y z)} of every label of an in-memory volume."""
+    return _teasar(labels, spacing_nm, settings or TeasarSettings(), parallel)
+
+
+def _teasar(labels: np.ndarray, spacing_nm, settings: TeasarSettings, parallel: int = 1) -> dict:
     import kimimaro
 
-    settings = settings or TeasarSettings()
     dz, dy, dx = spacing_nm
     return kimimaro.skeletonize(
         np.asfortranarray(labels.T),
@@ -37,6 +40,62 @@ def skeletonize(labels: np.ndarray, spacing_nm: tuple[float, float, float], sett
         progress=False,
         parallel=parallel,
     )
+
+
+def _padded_box(summary, shape) -> tuple[slice, ...]:
+    """The label's bounding box grown by one voxel, except where it meets the volume's edge.
+
+    Then the object touches the crop's border only where it touches the volume's, and kimimaro's
+    ``fix_borders`` sees the same borders as on the whole volume."""
+    return tuple(slice(max(0, lo - 1), min(n, hi + 1)) for lo, hi, n in zip(summary.lo, summary.hi, shape))
+
+
+def _skeletonize_batch(store, name: str, shape, batch: list, spacing_nm, settings: TeasarSettings) -> dict:
+    out = {}
+    origin_scale = np.array(spacing_nm[::-1], dtype=np.float64)  # (x, y, z) nm per voxel
+    for label, summary in batch:
+        box = _padded_box(summary, shape)
+        mask = (store.read(name, box) == label).astype(np.uint8)
+        found = _teasar(mask, spacing_nm, settings)
+        if 1 not in found:
+            continue
+        skel = found[1]
+        offset = np.array([box[2].start, box[1].start, box[0].start]) * origin_scale
+        skel.vertices = (skel.vertices + offset).astype(np.float32)
+        skel.id = label
+        out[label] = skel
+    return out
+
+
+def skeletonize_objects(arrays, summaries: dict, spacing_nm: tuple[float, float, float], settings: TeasarSettings | None = None,
+                        *, shape: tuple[int, int, int], name: str = "segmentation", client=None,
+                        batch_box_voxels: int = 32_000_000) -> dict:
+    """{label: Skeleton} skeletonizing each neuron from its own bounding box, read from ``arrays`` (a Zarr group).
+
+    Larger than memory: a task holds one neuron's box at a time, never the volume, so memory is set by
+    the largest neuron. ``summaries`` come from ``blockwise.label_summary_blocks``; neurons are batched
+    into tasks of at most ``batch_box_voxels`` box voxels (one neuron per task when larger), run in turn
+    or on a dask ``client``. The skeletons are kimimaro's on the whole volume (tests compare the two)."""
+    from .blockwise import _check_client, _store, run_blocks
+
+    settings = settings or TeasarSettings()
+    store = _store(arrays)
+    _check_client(store, client)
+    batches: list[list] = [[]]
+    size = 0
+    for label, summary in sorted(summaries.items()):
+        if summary.voxels < settings.dust_voxels:
+            continue  # kimimaro's dust threshold, decided from the block tables without reading the neuron
+        if batches[-1] and size + summary.box_voxels > batch_box_voxels:
+            batches.append([])
+            size = 0
+        batches[-1].append((label, summary))
+        size += summary.box_voxels
+    calls = [(store, name, tuple(shape), batch, tuple(spacing_nm), settings) for batch in batches if batch]
+    skeletons: dict = {}
+    for part in run_blocks(_skeletonize_batch, calls, client):
+        skeletons.update(part)
+    return skeletons
 
 
 def cable_length_nm(skeleton) -> float:
