@@ -18,12 +18,13 @@ import zarr
 from rtlib.notebooks import run_notebook
 from rtlib.synth.em import read_ground_truth, write_em_dataset
 from rtlib.workloads.connectomics import io
-from rtlib.workloads.connectomics.blockwise import BlockGrid, ZarrArrays, contacts_blocks, predict_blocks, segment_blocks
+from rtlib.workloads.connectomics.blockwise import (BlockGrid, ZarrArrays, contacts_blocks, label_summary_blocks, predict_blocks,
+                                                    segment_blocks)
 from rtlib.workloads.connectomics.evaluate import evaluate_segmentation, match_labels
 from rtlib.workloads.connectomics.graph import contact_graph, read_graphml
 from rtlib.workloads.connectomics.params import ConnectomicsParams
 from rtlib.workloads.connectomics.segment import SegmentSettings, baseline_segment
-from rtlib.workloads.connectomics.skeleton import cable_length_nm, read_swc, skeletonize
+from rtlib.workloads.connectomics.skeleton import cable_length_nm, read_swc, skeletonize, skeletonize_objects
 
 SHAPE = (16, 128, 128)
 SPACING = (40.0, 16.0, 16.0)
@@ -132,7 +133,16 @@ def test_blockwise_dask_equals_the_whole_volume(em_run, tmp_path):
         predict_blocks(store, grid, None, client)
         segment_blocks(store, grid, settings, client)
         areas = contacts_blocks(store, grid, SPACING, client=client)
+        summaries = label_summary_blocks(store, grid, io.SEGMENTATION, client)
+        skeletons = skeletonize_objects(store, summaries, SPACING, shape=SHAPE, client=client, batch_box_voxels=20000)
     blocks = zarr.open_group(str(target), mode="r")
+    assert sorted(skeletons) == sorted(int(p.stem) for p in (result / io.SKELETONS).glob("*.swc"))
+    for label, skel in skeletons.items():  # the same skeletons as the whole-volume run wrote
+        vertices, edges = read_swc(result / io.SKELETONS / f"{label}.swc")
+        order = np.lexsort(vertices.T)
+        assert np.allclose(vertices[order], skel.vertices[np.lexsort(skel.vertices.T)], atol=1e-3), label
+        assert len(edges) == len(skel.edges) and cable_length_nm(skel) == pytest.approx(
+            np.linalg.norm(vertices[edges[:, 0]] - vertices[edges[:, 1]], axis=1).sum(), rel=1e-5), label
     for name in (io.BOUNDARY, io.FOREGROUND, io.SEGMENTATION):
         np.testing.assert_array_equal(blocks[name][...], whole[name][...], err_msg=name)
     graph = read_graphml(result / io.GRAPH)
