@@ -373,3 +373,35 @@ def test_compiled_and_numpy_correlators_agree_exactly(monkeypatch):
         results.append(m.result("roi"))
     np.testing.assert_array_equal(results[0].g2, results[1].g2)
     np.testing.assert_array_equal(results[0].delay_frames, results[1].delay_frames)
+
+
+@pytest.mark.parametrize("photons_per_pixel, path", [(0.02, "sparse"), (0.5, "float32 syrk"), (3000.0, "float64 syrk")])
+def test_two_time_product_paths_equal_the_float64_product(photons_per_pixel, path, monkeypatch):
+    """Each way of forming C(t1, t2) (non-zeros only, exact float32 blocks, float64 blocks) is the plain float64
+    product to the last bit on integer counts, and the count rate picks the path it should."""
+    from rtlib.workloads.xpcs import kernels
+    from rtlib.workloads.xpcs.twotime import TwoTime
+
+    rng = np.random.default_rng(4)
+    frames = rng.poisson(photons_per_pixel, (300, 6000)).astype(np.uint16)
+    groups = [np.arange(0, 6000, 3), np.arange(1000, 5000)]
+    calls = {"sparse": 0}
+    plain_sparse = kernels.sparse_gram
+
+    def counting(cols):
+        out = plain_sparse(cols)
+        calls["sparse"] += out is not None
+        return out
+
+    monkeypatch.setattr(kernels, "sparse_gram", counting)
+    tt = TwoTime(groups, len(frames))
+    for s in range(0, len(frames), 64):
+        tt.add(frames[s:s + 64])
+    for group, c2 in zip(groups, tt.results()):
+        x = frames[:, group].astype(np.float64)
+        expected = (x @ x.T) / len(group) / np.outer(x.mean(axis=1), x.mean(axis=1))
+        np.testing.assert_array_equal(c2, expected)
+    assert calls["sparse"] == (2 if path == "sparse" else 0)
+    if path != "sparse":  # the float32 blocks are only taken when exact: pixels x peak^2 < 2^24
+        peak = float(frames.max())
+        assert (int((2**24 - 1) // peak**2) >= 256) == (path == "float32 syrk")

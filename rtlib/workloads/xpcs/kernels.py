@@ -1,4 +1,4 @@
-"""The multi-tau inner loop compiled with numba: skips zero counts, runs in parallel over pixels.
+"""The multi-tau and two-time inner loops compiled with numba: skip zero counts, run in parallel.
 
 XPCS frames are sparse (most pixels count 0 photons in a frame): a product
 I(t)·I(t-d) is only formed where I(t) is non-zero, which is what makes the
@@ -68,3 +68,74 @@ def accumulate(history: np.ndarray, block: np.ndarray, delays: np.ndarray, g2_su
         _accumulate_sparse(history, np.ascontiguousarray(block, dtype=np.float64), np.asarray(delays, dtype=np.int64), g2_sum)
     else:
         accumulate_dense(history, block, delays, g2_sum)
+
+
+SPARSE_ADVANTAGE = 400  # a scattered multiply-add (plus finding it) costs about this many float32 syrk ones (measured here)
+
+
+if HAVE_NUMBA:
+
+    @njit(cache=True, nogil=True)
+    def _nonzeros_by_pixel(cols):  # pragma: no cover - compiled
+        """CSR of cols.T: for each pixel, the time steps (increasing) and values of its non-zero counts."""
+        steps, pixels = cols.shape
+        ptr = np.zeros(pixels + 1, np.int64)
+        for t in range(steps):
+            for p in range(pixels):
+                if cols[t, p] != 0.0:
+                    ptr[p + 1] += 1
+        for p in range(pixels):
+            ptr[p + 1] += ptr[p]
+        fill = ptr[:-1].copy()
+        idx = np.empty(ptr[pixels], np.int32)
+        vals = np.empty(ptr[pixels], np.float64)
+        for t in range(steps):
+            for p in range(pixels):
+                v = cols[t, p]
+                if v != 0.0:
+                    idx[fill[p]] = t
+                    vals[fill[p]] = v
+                    fill[p] += 1
+        return ptr, idx, vals
+
+    @njit(parallel=True, cache=True, nogil=True)
+    def _sparse_upper_gram(ptr, idx, vals, steps, bounds):  # pragma: no cover - compiled
+        """Upper triangle of Σ_p x_p x_pᵀ from the non-zeros; each task owns a band of rows (no write races)."""
+        out = np.zeros((steps, steps))
+        pixels = ptr.shape[0] - 1
+        for r in prange(bounds.shape[0] - 1):
+            lo = bounds[r]
+            hi = bounds[r + 1]
+            for p in range(pixels):
+                end = ptr[p + 1]
+                a = ptr[p] + np.searchsorted(idx[ptr[p]:end], lo)
+                while a < end and idx[a] < hi:
+                    t1 = idx[a]
+                    v1 = vals[a]
+                    for b in range(a, end):
+                        out[t1, idx[b]] += v1 * vals[b]
+                    a += 1
+        return out
+
+
+def _bands(steps: int, count: int) -> np.ndarray:
+    """Row bounds splitting the upper triangle into ``count`` bands of about equal area (row t has steps - t cells)."""
+    done = np.cumsum(np.arange(steps, 0, -1, dtype=np.float64))
+    cuts = np.searchsorted(done, done[-1] * np.arange(1, count) / count)
+    return np.unique(np.r_[0, cuts, steps]).astype(np.int64)
+
+
+def sparse_gram(cols: np.ndarray) -> np.ndarray | None:
+    """cols @ cols.T (float64, symmetric) from the non-zeros of cols (steps, pixels), when that is cheaper
+    than the dense product; None when it is not (or numba is missing): the caller takes BLAS."""
+    if not HAVE_NUMBA or cols.size == 0:
+        return None
+    steps, pixels = cols.shape
+    ptr, idx, vals = _nonzeros_by_pixel(np.ascontiguousarray(cols))
+    per_pixel = np.diff(ptr).astype(np.float64)
+    if SPARSE_ADVANTAGE * float(np.dot(per_pixel, per_pixel)) >= float(steps) * steps * pixels:
+        return None
+    from numba import get_num_threads
+
+    upper = _sparse_upper_gram(ptr, idx, vals, steps, _bands(steps, 4 * get_num_threads()))
+    return upper + np.triu(upper, 1).T
