@@ -18,7 +18,7 @@ try:
 except ImportError:  # pragma: no cover - numba is a dependency; this keeps a broken install usable
     HAVE_NUMBA = False
 
-PIXEL_BLOCK = 4096  # pixels per parallel task: rows of a block stay in cache across delays
+PIXEL_BLOCK = 256  # pixels per parallel task: their frames, copied pixel-major, stay in cache across delays
 
 
 def accumulate_dense(history: np.ndarray, block: np.ndarray, delays: np.ndarray, g2_sum: np.ndarray) -> None:
@@ -43,21 +43,34 @@ if HAVE_NUMBA:
     def _accumulate_sparse(history, block, delays, g2_sum):  # pragma: no cover - compiled
         held = history.shape[0]
         count, pixels = block.shape
+        span = held + count
+        ndel = delays.shape[0]
         blocks = (pixels + PIXEL_BLOCK - 1) // PIXEL_BLOCK
         for b in prange(blocks):
             lo = b * PIXEL_BLOCK
             hi = min(pixels, lo + PIXEL_BLOCK)
+            # this block's pixels, pixel-major: one pixel's frames are contiguous and stay in cache
+            local = np.empty((hi - lo, span))
+            for t in range(held):
+                for p in range(lo, hi):
+                    local[p - lo, t] = history[t, p]
             for t in range(count):
                 for p in range(lo, hi):
-                    v = block[t, p]
+                    local[p - lo, held + t] = block[t, p]
+            acc = np.empty(ndel)
+            for q in range(hi - lo):
+                row = local[q]
+                acc[:] = 0.0
+                for t in range(held, span):
+                    v = row[t]
                     if v == 0.0:
                         continue
-                    for i in range(delays.shape[0]):
+                    for i in range(ndel):
                         s = t - delays[i]
                         if s >= 0:
-                            g2_sum[i, p] += v * block[s, p]
-                        elif held + s >= 0:
-                            g2_sum[i, p] += v * history[held + s, p]
+                            acc[i] += v * row[s]
+                for i in range(ndel):
+                    g2_sum[i, lo + q] += acc[i]
 
 
 def accumulate(history: np.ndarray, block: np.ndarray, delays: np.ndarray, g2_sum: np.ndarray) -> None:
