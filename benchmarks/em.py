@@ -28,7 +28,9 @@ def blockwise_run(result: Path, target: Path, workers: int, spacing, block) -> t
     import zarr
     from distributed import Client, LocalCluster
 
-    from rtlib.workloads.connectomics.blockwise import BlockGrid, ZarrArrays, contacts_blocks, predict_blocks, segment_blocks
+    from rtlib.workloads.connectomics.blockwise import (BlockGrid, ZarrArrays, contacts_blocks, label_summary_blocks,
+                                                        predict_blocks, segment_blocks)
+    from rtlib.workloads.connectomics.skeleton import skeletonize_objects
     from rtlib.workloads.connectomics.params import ConnectomicsParams
     from rtlib.workloads.connectomics.segment import SegmentSettings
 
@@ -53,8 +55,56 @@ def blockwise_run(result: Path, target: Path, workers: int, spacing, block) -> t
         t0 = time.perf_counter()
         contacts_blocks(store, grid, spacing, client=client)
         times["contacts"] = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        summaries = label_summary_blocks(store, grid, "segmentation", client)
+        skeletonize_objects(store, summaries, spacing, shape=shape, client=client, batch_box_voxels=shape[1] * shape[2])
+        times["skeleton"] = time.perf_counter() - t0
+        peaks = client.run(_peak_rss_mb)
     times["blocks"] = len(grid)
+    times["worker_peak_rss_mb"] = round(max(peaks.values()), 1)
     return times, zarr.open_group(str(target), mode="r")["segmentation"][...]
+
+
+def _peak_rss_mb() -> float:
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+# the volume of the connectomics project (5000 x 5000 px x 460 sections) on ALCF Polaris CPU cores
+PROJECT_SHAPE = (460, 5000, 5000)
+CORES_PER_NODE = 32
+
+
+def projection(shape, stages: dict, scaling: dict) -> tuple[list[str], dict]:
+    """Hours for the project's volume on N nodes, from this run's rates.
+
+    Block steps (U-Net, segmentation, contacts, skeletons) and stitching and masking (one section at a
+    time, sections independent) scale over every core at the parallel efficiency measured here from 1 to
+    2 workers; alignment chains each section to the previous one, so it is projected on one core per
+    section chain, in sequence (the serial part)."""
+    voxels, big = float(np.prod(shape)), float(np.prod(PROJECT_SHAPE))
+    per_section_px = float(shape[1] * shape[2])
+    rows, figures = [], {}
+    for nodes in (1, 10, 100):
+        cores = nodes * CORES_PER_NODE
+        hours = {}
+        for step in ("unet", "segment", "contacts", "skeleton"):
+            rate = voxels / scaling[1][step]  # voxels/s of one single-threaded worker
+            efficiency = min(1.0, scaling[1][step] / scaling[2][step] / 2)
+            hours[step] = big / (rate * (1 + (cores - 1) * efficiency)) / 3600
+        for step in ("stitch", "mask"):
+            rate = voxels / max(stages[f"{step}_s"], 1e-9)
+            hours[step] = big / (rate * cores) / 3600
+        hours["align"] = PROJECT_SHAPE[0] * stages["align_s"] / shape[0] * (PROJECT_SHAPE[1] * PROJECT_SHAPE[2] / per_section_px) / 3600
+        figures[str(nodes)] = {k: round(v, 2) for k, v in hours.items()}
+        rows.append(f"| {nodes} | {cores} | " + " | ".join(f"{hours[k]:.2f}" for k in
+                    ("stitch", "align", "mask", "unet", "segment", "skeleton", "contacts")) + f" | {sum(hours.values()):.1f} |")
+    header = ["", f"Projected to the project's {PROJECT_SHAPE[2]} x {PROJECT_SHAPE[1]} x {PROJECT_SHAPE[0]} volume "
+              f"({big:.2e} voxels) on Polaris CPU nodes ({CORES_PER_NODE} cores each), hours per stage:", "",
+              "| nodes | cores | stitch | align (serial) | mask | unet | segment | skeleton | contacts | total |",
+              "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    return header + rows, figures
 
 
 def main() -> None:
@@ -79,6 +129,7 @@ def main() -> None:
         t0 = time.perf_counter()
         summary = workload.run(workload.validate({}), [tmp / "em"], tmp, lambda f, m: None)
         total_s = time.perf_counter() - t0
+        workload_peak_mb = _peak_rss_mb()
         voxels = int(np.prod(shape))
         spacing = tuple(summary["scale_nm"])
         whole = zarr.open_group(str(tmp / RESULT_NAME), mode="r")["segmentation"][...]
@@ -95,17 +146,26 @@ def main() -> None:
     rows.append(f"| whole chain | {total_s:.2f} | {voxels / total_s:,.0f} |")
     rows += ["", f"Block-wise on a dask LocalCluster ({scaling[1]['blocks']} blocks of {block[0]} x {block[1]} x {block[2]}):", "",
              "| step | 1 worker (voxels/s) | 2 workers (voxels/s) | speed-up |", "|---|---:|---:|---:|"]
-    for step in ("unet", "segment", "contacts"):
+    for step in ("unet", "segment", "contacts", "skeleton"):
         one, two = scaling[1][step], scaling[2][step]
         rows.append(f"| {step} | {voxels / one:,.0f} | {voxels / two:,.0f} | {one / two:.2f}x |")
+    rows += ["", f"Peak memory: {workload_peak_mb:,.0f} MB for the process that ran the workload (synthesis included); "
+             f"{scaling[1]['worker_peak_rss_mb']:,.0f} MB (1 worker) and {scaling[2]['worker_peak_rss_mb']:,.0f} MB "
+             f"(largest of 2 workers) per dask worker for the block-wise steps; the volume's labels alone are "
+             f"{voxels * 4 / 1e6:,.0f} MB."]
+    projected_rows, projected = projection(shape, stages, scaling)
+    rows += projected_rows
     table = "\n".join(rows)
     figures = {"shape": list(shape), "block": list(block), "voxels": voxels, "synth_s": round(synth_s, 2), "stage_s": stages,
                "whole_chain_s": round(total_s, 2), "neurons": summary["neurons"], "contacts": summary["contacts"],
-               "blockwise_s": {str(k): {s: round(v, 3) for s, v in t.items()} for k, t in scaling.items()}}
+               "blockwise_s": {str(k): {s: round(v, 3) for s, v in t.items()} for k, t in scaling.items()},
+               "workload_peak_rss_mb": round(workload_peak_mb, 1), "projected_hours": projected}
     notes = ("Stage timings are the workload's own (one block, in-process; torch picks its threads). The block-wise "
              "rows time the same steps as tasks on 1 and 2 single-threaded worker processes, torch at one thread per "
              "task; their segmentation is checked equal to the workload's. Scaling is bounded by the machine's cores "
-             "and whatever else runs on them.")
+             "and whatever else runs on them. The projection multiplies this run's single-worker rates by the cores, "
+             "at the 1-to-2-worker efficiency measured here (capped at 1); alignment chains each section to the "
+             "previous one and is projected serial. It leaves out I/O and the U-Net on GPUs.")
     write_result("em", "Connectomics: voxels per second per stage, block-wise dask on 1 vs 2 workers", figures, table,
                  command=" ".join(["python benchmarks/em.py", *sys.argv[1:]]), notes=notes)
     print(table)

@@ -61,7 +61,7 @@ def control_for(name: str, prop: dict[str, Any]) -> W.Widget:
     base, nullable = _alternatives(prop)
     default = prop.get("default")
     kind, enum = base.get("type"), base.get("enum") or prop.get("enum")
-    common = {"description": name, "description_tooltip": prop.get("description", ""), "style": {"description_width": "180px"},
+    common = {"description": name, "tooltip": prop.get("description", ""), "style": {"description_width": "180px"},
               "layout": W.Layout(width="420px")}
     if enum:
         return W.Dropdown(options=([None] if nullable else []) + list(enum), value=default, **common)
