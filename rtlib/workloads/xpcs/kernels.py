@@ -88,27 +88,34 @@ SPARSE_ADVANTAGE = 400  # a scattered multiply-add (plus finding it) costs about
 
 if HAVE_NUMBA:
 
-    @njit(cache=True, nogil=True)
+    @njit(parallel=True, cache=True, nogil=True)
     def _nonzeros_by_pixel(cols):  # pragma: no cover - compiled
         """CSR of cols.T: for each pixel, the time steps (increasing) and values of its non-zero counts."""
         steps, pixels = cols.shape
+        blocks = (pixels + PIXEL_BLOCK - 1) // PIXEL_BLOCK
         ptr = np.zeros(pixels + 1, np.int64)
-        for t in range(steps):
-            for p in range(pixels):
-                if cols[t, p] != 0.0:
-                    ptr[p + 1] += 1
+        for b in prange(blocks):  # each task counts, then fills, its own pixels: no shared writes
+            lo = b * PIXEL_BLOCK
+            hi = min(pixels, lo + PIXEL_BLOCK)
+            for t in range(steps):
+                for p in range(lo, hi):
+                    if cols[t, p] != 0.0:
+                        ptr[p + 1] += 1
         for p in range(pixels):
             ptr[p + 1] += ptr[p]
-        fill = ptr[:-1].copy()
         idx = np.empty(ptr[pixels], np.int32)
         vals = np.empty(ptr[pixels], np.float64)
-        for t in range(steps):
-            for p in range(pixels):
-                v = cols[t, p]
-                if v != 0.0:
-                    idx[fill[p]] = t
-                    vals[fill[p]] = v
-                    fill[p] += 1
+        for b in prange(blocks):
+            lo = b * PIXEL_BLOCK
+            hi = min(pixels, lo + PIXEL_BLOCK)
+            fill = ptr[lo:hi].copy()
+            for t in range(steps):
+                for p in range(lo, hi):
+                    v = cols[t, p]
+                    if v != 0.0:
+                        idx[fill[p - lo]] = t
+                        vals[fill[p - lo]] = v
+                        fill[p - lo] += 1
         return ptr, idx, vals
 
     @njit(parallel=True, cache=True, nogil=True)
