@@ -194,14 +194,13 @@ class Agent:
         """Free at once the jobs of an agent on this host whose process is gone (kill -9, reboot)."""
         host = socket.gethostname()
         try:
-            owners = self.store.lease_owners(site=self.site_name)
+            for owner in self.store.lease_owners(site=self.site_name):
+                parts = owner.split(":")
+                if len(parts) == 3 and parts[0] == host and parts[1].isdigit() and not _pid_alive(int(parts[1])):
+                    log.info("releasing the leases of dead agent %s", owner)
+                    self.store.release(owner)
         except sa_exc.DBAPIError:
-            return  # the store is restarting: those leases simply expire after lease_s
-        for owner in owners:
-            parts = owner.split(":")
-            if len(parts) == 3 and parts[0] == host and parts[1].isdigit() and not _pid_alive(int(parts[1])):
-                log.info("releasing the leases of dead agent %s", owner)
-                self.store.release(owner)
+            pass  # the store is restarting: those leases simply expire after lease_s
 
     # -- the loop ----------------------------------------------------------
     def step(self) -> bool:
