@@ -42,6 +42,14 @@ SECRET_ENV = "RTLIB_SOAK_GLOBUS_SECRET"
 # scaled-down stand-ins for the campaign's mix: (workload, share, size in MB)
 DEFAULT_MIX = (("xpcs", 0.4, 3.0), ("saxs", 0.4, 2.0), ("noop", 0.2, 0.5))
 
+# an agent life is judged for leaks past its start-up (imports, cluster start), if it lasted long enough
+SETTLE_S = 30.0
+MIN_JUDGED_S = 45.0
+RSS_GROWTH_LIMIT_MB = 64.0  # growth of the agent's resident memory over one settled life
+FD_GROWTH_LIMIT = 32  # growth of its open file descriptors (copies in flight hold a few each)
+# what the agent's log says for each injected transfer fault (rtlib/transfer/local.py logs every retried attempt)
+TRANSFER_FAULT_MARKS = {"transfer_failures": b"injected link failure", "corrupted_copies": b"was corrupted on the way"}
+
 
 @dataclass
 class SoakPlan:
@@ -58,6 +66,8 @@ class SoakPlan:
     min_token_age_s: float = 10.0  # only tokens at least this old are revoked (a real one dies at the end of its life)
     malformed_fraction: float = 0.05
     stuck_bound_s: float = 180.0  # a job not terminal this long after production stops is stuck
+    agent_steady_s: float = 0.0  # no agent SIGKILL in the last this many seconds of production: one life long enough to judge leaks
+    max_datasets: int | None = None  # stop producing after this many datasets (or at duration_s, whichever comes first)
     seed: int = 0
     mix: tuple = DEFAULT_MIX
 
@@ -92,14 +102,32 @@ class Verdict:
     globus: dict[str, int] = field(default_factory=dict)  # the emulator's counters, when Globus was in the loop
     secret_leaks: list[str] = field(default_factory=list)  # places the service account's secret was found
     agent_exit_logs: list[str] = field(default_factory=list)  # the last lines an agent wrote before exiting by itself
+    judged_life_s: float = 0.0  # length of the longest agent life judged for leaks (0: none lasted MIN_JUDGED_S)
+    rss_growth_mb: float | None = None  # its settled resident-memory growth (median of the last vs the first quarter)
+    fd_growth: int | None = None  # the same for its open file descriptors
+    rss_slope_mb_per_h: float | None = None  # least-squares slope of its settled resident memory
+
+    @property
+    def memory_flat(self) -> bool | None:
+        """None when no agent life was long enough to judge."""
+        if self.rss_growth_mb is None or self.fd_growth is None:
+            return None
+        return self.rss_growth_mb <= RSS_GROWTH_LIMIT_MB and self.fd_growth <= FD_GROWTH_LIMIT
 
     @property
     def ok(self) -> bool:
         return not (self.unexpected_failures or self.malformed_not_failed or self.stuck or self.duplicated_steps or self.bad_results
-                    or self.secret_leaks)
+                    or self.secret_leaks or self.memory_flat is False)
+
+    def summary(self) -> str:
+        """The one line a person reads first."""
+        lost = len(self.stuck) + len(self.unexpected_failures) + len(self.malformed_not_failed)
+        checks = "all checksums match" if not self.bad_results else f"{len(self.bad_results)} result(s) with a bad checksum"
+        flat = {None: "memory not judged", True: "memory flat", False: "memory NOT flat"}[self.memory_flat]
+        return f"{lost} lost, {len(self.duplicated_steps)} duplicated, {checks}, {flat}"
 
     def to_json(self) -> str:
-        return json.dumps({**asdict(self), "ok": self.ok}, indent=2)
+        return json.dumps({**asdict(self), "ok": self.ok, "memory_flat": self.memory_flat, "summary": self.summary()}, indent=2)
 
 
 def _proc_sample(pid: int) -> tuple[float, int] | None:
@@ -133,13 +161,15 @@ class _Supervisor:
     def __init__(self, args: list[str], env: dict, log_dir: Path):
         self.args, self.env, self.log_dir = args, env, log_dir
         self.proc: subprocess.Popen | None = None
-        self.lives: list[list[tuple[float, int]]] = []
+        self.lives: list[list[tuple[float, int]]] = []  # per life: (RSS MB, open fds) samples
+        self.life_times: list[list[float]] = []  # per life: monotonic time of each sample
 
     def start(self) -> None:
         log = self.log_dir / f"agent-{len(self.lives):03d}.log"
         with open(log, "wb") as err:  # each life's stderr, kept for the person reading the verdict
             self.proc = subprocess.Popen(self.args, env=self.env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=err)
         self.lives.append([])
+        self.life_times.append([])
 
     def last_log_tail(self, lines: int = 30) -> str:
         """The exit code and the end of the current life's stderr."""
@@ -167,6 +197,7 @@ class _Supervisor:
             s = _proc_sample(self.proc.pid)
             if s:
                 self.lives[-1].append(s)
+                self.life_times[-1].append(time.monotonic())
             return s
         return None
 
@@ -275,8 +306,13 @@ def run_soak(
     try:
         while True:
             now = time.monotonic()
+            if plan.max_datasets is not None and len(ids) >= plan.max_datasets and now < produce_until:
+                produce_until = now  # the job count is reached: stop producing, drain
+                drain_deadline = produce_until + plan.stuck_bound_s
             if now < produce_until and now >= next_data:
                 for ep in DEFAULT_BEAMLINE_ENDPOINTS:
+                    if plan.max_datasets is not None and n >= plan.max_datasets:
+                        break
                     kind = rng.choices(kinds, shares)[0]
                     malformed = kind != "noop" and rng.random() < plan.malformed_fraction
                     rel = f"raw/soak-{n:05d}.h5"
@@ -286,7 +322,7 @@ def run_soak(
                     injected["malformed_inputs"] += malformed
                     n += 1
                 next_data = now + plan.dataset_interval_s
-            if now >= next_kill and now < produce_until:
+            if now >= next_kill and now < produce_until - plan.agent_steady_s:
                 sup.kill()
                 injected["agent_sigkills"] += 1
                 sup.start()
@@ -378,8 +414,46 @@ def _judge(settings: Settings, store: JobStore, ids: dict[int, tuple[str, str, b
                 verdict.bad_results.append(f"{it.dst_endpoint}:{it.dst_path}")
     moved = report.bytes_moved(store, list(ids))
     verdict.input_mbps = moved["in"] * 8 / max(verdict.wall_s, 1e-9) / 1e6
-    longest = max(sup.lives, key=len, default=[])
-    settled = longest[len(longest) // 5:]  # past start-up (imports, cluster start)
+    _judge_memory(verdict, sup)
+    for name, count in _transfer_faults_logged(sup.log_dir).items():
+        verdict.injected[name] = count
+
+
+def _judge_memory(verdict: Verdict, sup: _Supervisor) -> None:
+    """Leaks: the longest agent life, past its start-up, must keep its memory and open files flat."""
+    if not sup.life_times:
+        return
+    life = max(range(len(sup.lives)), key=lambda i: (sup.life_times[i][-1] - sup.life_times[i][0]) if sup.life_times[i] else 0.0)
+    times, samples = sup.life_times[life], sup.lives[life]
+    if not times:
+        return
+    settled = [(t - times[0], rss, fds) for t, (rss, fds) in zip(times, samples) if t - times[0] >= SETTLE_S]
     if len(settled) >= 2:
-        verdict.agent_rss_mb = [round(settled[0][0], 1), round(settled[-1][0], 1)]
-        verdict.agent_fds = [settled[0][1], settled[-1][1]]
+        verdict.agent_rss_mb = [round(settled[0][1], 1), round(settled[-1][1], 1)]
+        verdict.agent_fds = [settled[0][2], settled[-1][2]]
+    span = times[-1] - times[0]
+    if span < MIN_JUDGED_S or len(settled) < 8:
+        verdict.not_exercised.append(f"memory flatness (the longest agent life lasted {span:.0f} s; set agent_steady_s so one lasts {MIN_JUDGED_S:g} s)")
+        return
+    quarter = max(1, len(settled) // 4)
+    first, last = settled[:quarter], settled[-quarter:]
+    median = lambda xs: sorted(xs)[len(xs) // 2]  # noqa: E731
+    verdict.judged_life_s = round(span, 1)
+    verdict.rss_growth_mb = round(median([r for _, r, _ in last]) - median([r for _, r, _ in first]), 1)
+    verdict.fd_growth = median([f for *_, f in last]) - median([f for *_, f in first])
+    ts = [t for t, _, _ in settled]
+    rs = [r for _, r, _ in settled]
+    mt, mr = sum(ts) / len(ts), sum(rs) / len(rs)
+    var = sum((t - mt) ** 2 for t in ts)
+    if var > 0:
+        verdict.rss_slope_mb_per_h = round(sum((t - mt) * (r - mr) for t, r in zip(ts, rs)) / var * 3600, 1)
+
+
+def _transfer_faults_logged(log_dir: Path) -> dict[str, int]:
+    """Injected link failures and corrupted copies, as the agents logged the attempts they retried."""
+    counts = dict.fromkeys(TRANSFER_FAULT_MARKS, 0)
+    for log in sorted(log_dir.glob("agent-*.log")):
+        data = log.read_bytes()
+        for name, mark in TRANSFER_FAULT_MARKS.items():
+            counts[name] += data.count(mark)
+    return counts

@@ -297,7 +297,7 @@ class LocalTransferBackend(TransferBackend):
                         "Check the link and the filesystems, then retry the job (or raise agent.transfer_retries)",
                     )
                     break
-                log.info("transfer item %s attempt %d failed, retrying: %s", req.item_id, attempt, err)
+                log.warning("transfer item %s attempt %d failed, retrying: %s", req.item_id, attempt, err)
             except RtlibError as err:  # unknown endpoint, path outside root: retrying cannot help
                 outcome = TransferOutcome(req.item_id, False, attempts=attempt, error=str(err), permanent=True)
                 break

@@ -115,18 +115,32 @@ def section_dirs(root: Path) -> list[Path]:
     return dirs
 
 
-def read_tile(path: Path) -> np.ndarray:
+# reading one chunk of a result array allocates it whole; rtlib writes chunks of a few MB
+MAX_CHUNK_BYTES = 2**30
+
+
+def read_tile(path: Path, expected_px: tuple[int, int] | None = None) -> np.ndarray:
+    """One 8-bit tile; with ``expected_px`` (rows, cols), its declared size is checked before it is decoded."""
+
+    def check_declared(shape: tuple[int, ...]) -> None:  # a crafted header must not make us allocate its size
+        if expected_px is not None and tuple(shape[:2]) != tuple(expected_px):
+            raise InputDataError(f"tile {path} declares {' x '.join(map(str, shape))} px; {LAYOUT} says "
+                                 f"{expected_px[0]}x{expected_px[1]}")
+
     try:
         if path.suffix.lower() in (".tif", ".tiff"):
             import tifffile
 
-            image = tifffile.imread(path)
+            with tifffile.TiffFile(path) as tif:
+                check_declared(tif.series[0].shape)
+                image = tif.asarray()
         else:
             from PIL import Image
 
             with Image.open(path) as im:
                 if im.mode not in ("L", "P"):
                     raise InputDataError(f"tile {path} is a {im.mode} image; tiles must be 8-bit grayscale (mode L)")
+                check_declared((im.size[1], im.size[0]))
                 image = np.asarray(im)
     except InputDataError:
         raise
@@ -150,7 +164,7 @@ def read_section(folder: Path, layout: Layout) -> dict[tuple[int, int], np.ndarr
                              "re-transfer them: every section needs its full tile grid")
     tiles = {}
     for key in sorted(expected):
-        tile = read_tile(files[key])
+        tile = read_tile(files[key], layout.tile_px)
         if tile.shape != layout.tile_px:
             raise InputDataError(f"tile {files[key]} is {tile.shape[0]}x{tile.shape[1]} px; {LAYOUT} says {layout.tile_px[0]}x{layout.tile_px[1]}")
         tiles[key] = tile
@@ -192,6 +206,13 @@ def open_result(path: Path):
     import zarr
 
     try:
-        return zarr.open_group(str(path), mode="r")
+        group = zarr.open_group(str(path), mode="r")
     except Exception as err:
         raise InputDataError(f"{path} is not an rtlib connectomics result (a Zarr group): {err}") from None
+    for name, array in group.arrays():  # every read decodes whole chunks: a crafted chunk shape must not exhaust memory
+        chunk_bytes = int(np.prod(array.chunks, dtype=np.float64)) * array.dtype.itemsize
+        if chunk_bytes > MAX_CHUNK_BYTES:
+            raise InputDataError(f"{path}: array {name!r} declares chunks of {' x '.join(map(str, array.chunks))} "
+                                 f"{array.dtype} ({chunk_bytes / 1e9:.3g} GB each, more than {MAX_CHUNK_BYTES / 1e9:g} GB); "
+                                 "rtlib never writes such chunks: the result is damaged or crafted, re-run `rtlib em run`")
+    return group

@@ -18,8 +18,13 @@ import numpy as np
 
 from ...errors import InputDataError
 from ..saxs.reader import HDF5_SUFFIXES  # noqa: F401  (re-exported: the same rule for every one-file workload)
+from ..saxs.reader import check_declared_size
 from ..saxs.reader import select_input as select_hdf5_input
 from .geometry import ScanGeometry, make_geometry
+
+# A wire scan has at most this many steps (one position, x y z, per step): a geometry dataset that declares
+# more is crafted or not geometry, and is refused before it is read.
+MAX_WIRE_STEPS = 10**6
 
 # name in make_geometry -> (dataset, shape; None: one number)
 GEOMETRY_DATASETS: dict[str, tuple[str, tuple[int, ...] | None]] = {
@@ -76,6 +81,7 @@ def images_dataset(f: h5py.File, dataset_path: str, label: str) -> h5py.Dataset:
     steps, height, width = obj.shape
     if steps < 2 or height == 0 or width == 0:
         raise InputDataError(f"{label}: {dataset_path} has shape {obj.shape}; a wire scan needs at least 2 steps of non-empty images")
+    check_declared_size(f, obj, dataset_path, label, "wire-step images")
     return obj
 
 
@@ -137,6 +143,12 @@ def _read_numbers(f: h5py.File, key: str, shape: tuple[int, ...] | None, label: 
         raise InputDataError(f"{label} has no dataset {key}; a laue wire-scan file needs it (see the layout in the README)")
     if not isinstance(obj, h5py.Dataset) or obj.dtype.kind not in "uif":
         raise InputDataError(f"{label}: {key} is not a numeric dataset")
+    expected = "one number" if shape is None and scalar else (f"shape {shape}" if shape is not None else None)
+    if expected and obj.shape != (shape or ()) and obj.size != 1:  # checked before reading: the shape may be crafted
+        raise InputDataError(f"{label}: {key} has shape {obj.shape}; expected {expected}")
+    if obj.size > 3 * MAX_WIRE_STEPS:
+        raise InputDataError(f"{label}: {key} declares shape {obj.shape}, more values than a wire scan's geometry has "
+                             f"(at most {MAX_WIRE_STEPS} steps); the file is damaged or crafted")
     try:
         data = np.asarray(obj[()], dtype=np.float64)
     except OSError as err:

@@ -97,15 +97,21 @@ def frames_dataset(f: h5py.File, dataset_path: str, file_label: str) -> h5py.Dat
             f"{file_label}: dataset {dataset_path} declares frames of {height} x {width} pixels, larger than any "
             f"area detector; set dataset_path to the frame stack"
         )
-    declared = frames * height * width * obj.dtype.itemsize
+    check_declared_size(f, obj, dataset_path, file_label, "frames")
+    return obj
+
+
+def check_declared_size(f: h5py.File, obj: h5py.Dataset, dataset_path: str, file_label: str, what: str) -> None:
+    """Refuse a stack whose declared size the file cannot hold (unwritten chunks: crashed or crafted)."""
+    declared = int(np.prod(obj.shape, dtype=np.float64)) * obj.dtype.itemsize
     on_disk = max(1, Path(f.filename).stat().st_size)
     if declared > MAX_DECLARED_TO_FILE_RATIO * on_disk:
+        shape = " x ".join(map(str, obj.shape))
         raise InputDataError(
-            f"{file_label}: dataset {dataset_path} declares {frames} x {height} x {width} {obj.dtype} frames "
-            f"({declared / 1e9:.3g} GB) but the file holds only {on_disk} bytes: its frames were never written "
+            f"{file_label}: dataset {dataset_path} declares {shape} {obj.dtype} {what} "
+            f"({declared / 1e9:.3g} GB) but the file holds only {on_disk} bytes: its {what} were never written "
             "(a crashed acquisition, or a crafted file); re-acquire or re-transfer it"
         )
-    return obj
 
 
 def iter_frame_chunks(dataset: h5py.Dataset, frames_per_chunk: int, file_label: str) -> Iterator[tuple[int, int, np.ndarray]]:
