@@ -31,6 +31,7 @@ SPACING = (40.0, 16.0, 16.0)
 # the documented acceptance thresholds (docs/connectomics.md)
 MAX_ADAPTED_RAND_ERROR = 0.15
 MAX_VOI = 0.8
+MAX_CABLE_ERROR = 0.05
 
 
 @pytest.fixture(scope="module")
@@ -106,12 +107,13 @@ def test_skeleton_lengths_match_the_true_centrelines(em_run):
         lengths[to_truth[int(swc.stem)]] = float(np.linalg.norm(vertices[edges[:, 0]] - vertices[edges[:, 1]], axis=1).sum())
     assert set(lengths) == set(true)
     total_true = sum(true.values())
-    assert abs(sum(lengths.values()) - total_true) / total_true < 0.10
-    assert np.median([abs(lengths[k] - true[k]) / true[k] for k in true]) < 0.10
+    # the threshold: cable length within 5 % of the truth, for the pipeline's own segmentation
+    assert abs(sum(lengths.values()) - total_true) / total_true < MAX_CABLE_ERROR, (lengths, true)
+    assert np.median([abs(lengths[k] - true[k]) / true[k] for k in true]) < MAX_CABLE_ERROR
     # on the true labels, kimimaro with the anisotropy in nm: same criteria
     on_truth = {k: cable_length_nm(s) for k, s in skeletonize(truth["labels"], SPACING).items()}
-    assert abs(sum(on_truth.values()) - total_true) / total_true < 0.10
-    assert np.median([abs(on_truth[k] - true[k]) / true[k] for k in true]) < 0.10
+    assert abs(sum(on_truth.values()) - total_true) / total_true < MAX_CABLE_ERROR
+    assert np.median([abs(on_truth[k] - true[k]) / true[k] for k in true]) < MAX_CABLE_ERROR
 
 
 def test_blockwise_dask_equals_the_whole_volume(em_run, tmp_path):

@@ -67,7 +67,9 @@ def test_neurites_branch_and_touch():
     world = make_world((16, 96, 96), seed=3)
     graph = contact_graph(world.frame(world.labels), (40.0, 16.0, 16.0), min_area_nm2=1e4)
     assert graph.number_of_edges() >= 3  # touching neurites
-    assert sum(world.cable_nm.values()) > 1.2 * len(world.cable_nm) * 16 * 40.0  # longer than straight runs through z
+    # branching: some neurons' visible cable (branches counted from where they leave the parent's tube)
+    # is far longer than one straight run through the 16 sections
+    assert sum(length > 1.3 * 16 * 40.0 for length in world.cable_nm.values()) >= 2, world.cable_nm
 
 
 def test_stitching_recovers_tile_positions(dataset, stacked):
@@ -182,9 +184,10 @@ def test_per_neuron_skeletons_from_zarr_match_kimimaro_on_the_whole_volume(datas
     assert np.median([abs(lengths[k] - reference[k]) / reference[k] for k in whole]) < 0.02
     expected = sum(truth["cable_length_nm"].values())
     assert abs(sum(lengths.values()) - expected) / expected < 0.05
-    # in nm, in the volume's frame: every vertex lies inside its neuron
+    # in nm, in the volume's frame: every vertex lies inside its neuron (ends on the volume's faces
+    # sit half a voxel out, on the face itself)
     for label, skel in per_neuron.items():
-        zyx = np.rint(skel.vertices[:, ::-1] / np.array(spacing)).astype(int)
+        zyx = np.rint(skel.vertices[:, ::-1] / np.array(spacing)).astype(int).clip(0, np.array(labels.shape) - 1)
         assert (labels[tuple(zyx.T)] == label).mean() > 0.95, label
 
 

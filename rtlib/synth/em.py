@@ -55,7 +55,7 @@ class EmVolume:
     vessel_lumen: np.ndarray  # bool
     outside: np.ndarray  # bool: out of tissue
     mito: np.ndarray  # bool: mitochondria (inside neurons, part of them)
-    cable_nm: dict[int, float]  # centreline length of each neuron inside the output frame and in tissue
+    cable_nm: dict[int, float]  # centreline length of each neuron inside the output frame and in tissue (branches from where they leave their parent's tube)
     pixel_size_nm: float
     section_thickness_nm: float
     frame_shape: tuple[int, int, int]  # (z, y, x) of the output frame
@@ -70,14 +70,18 @@ class EmVolume:
 
 
 def _grow_tree(rng, start, direction, radius_nm, bounds_nm, step_nm, branch_prob):
-    """Centreline points (n, 3) in nm and per-point radius of one branching neurite."""
-    points, radii = [], []
+    """Centreline points (n, 3) in nm, per-point radius and arm number (0 = the trunk, in order of growth)
+    of one branching neurite."""
+    points, radii, arms = [], [], []
     stack = [(np.asarray(start, float), np.asarray(direction, float), radius_nm, 0)]
+    arm = -1
     while stack:
         pos, d, r, depth = stack.pop()
+        arm += 1
         for _ in range(4000):
             points.append(pos.copy())
             radii.append(r)
+            arms.append(arm)
             d = d + rng.normal(0, 0.012, 3) * np.array([0.3, 1, 1])
             d[0] = max(d[0], 0.55)  # keep growing along z so every section sees the neurite
             d /= np.linalg.norm(d)
@@ -92,7 +96,32 @@ def _grow_tree(rng, start, direction, radius_nm, bounds_nm, step_nm, branch_prob
                 stack.append((pos.copy(), d + 0.3 * side, r * 0.75, depth + 1))
                 d = d - 0.3 * side
                 depth += 1
-    return np.array(points), np.array(radii)
+    return np.array(points), np.array(radii), np.array(arms)
+
+
+def _cable_nm(points: np.ndarray, radii: np.ndarray, arms: np.ndarray, inside: np.ndarray, step_nm: float) -> float:
+    """Centreline length of one neurite counted inside the frame (``inside``), as its labelled shape shows it.
+
+    Where a branch leaves its parent, the two tubes overlap for a while and the labels show one thick
+    process there: the branch's centreline inside the parent's tube is no cable of the labelled neuron
+    (no skeleton can see it). A branch is counted from where it leaves the parent's tube, plus its
+    shortest join from there to the parent's centreline."""
+    from scipy.spatial import cKDTree
+
+    visible = inside.copy()
+    joins = 0.0
+    for arm in np.unique(arms)[1:]:
+        earlier, own = np.flatnonzero(arms < arm), np.flatnonzero(arms == arm)
+        dist, nearest = cKDTree(points[earlier]).query(points[own])
+        out = dist > radii[earlier][nearest]
+        visible[own] &= out
+        if out.any():
+            first = int(np.argmax(out))
+            if inside[own[first]] and inside[earlier[nearest[first]]]:
+                joins += float(dist[first])
+    seg = np.linalg.norm(np.diff(points, axis=0), axis=1)
+    # a centreline step counts when both its ends are visible; branch starts are not joined to their parent
+    return float(np.sum(seg[visible[:-1] & visible[1:] & (seg < 2 * step_nm)])) + joins
 
 
 def make_world(shape=(32, 128, 128), *, num_neurites=16, pixel_size_nm=16.0, section_thickness_nm=40.0,
@@ -108,8 +137,9 @@ def make_world(shape=(32, 128, 128), *, num_neurites=16, pixel_size_nm=16.0, sec
     centre_idx = np.zeros(world, dtype=np.int32)  # 1-based index into `owners` of the centreline voxel
     owners, owner_radius = [0], [0.0]
     cable: dict[int, float] = {}
-    frame_lo = np.array([0, MARGIN_PX, MARGIN_PX]) * spacing
-    frame_hi = (np.array([z, MARGIN_PX + h, MARGIN_PX + w])) * spacing
+    # the frame's extent in nm: voxel k holds the points within half a voxel of k * spacing (painted by rint)
+    frame_lo = (np.array([0, MARGIN_PX, MARGIN_PX]) - 0.5) * spacing
+    frame_hi = (np.array([z, MARGIN_PX + h, MARGIN_PX + w]) - 0.5) * spacing
 
     def paint(points, radii, owner):
         vox = np.rint(points / spacing).astype(int)
@@ -140,16 +170,14 @@ def make_world(shape=(32, 128, 128), *, num_neurites=16, pixel_size_nm=16.0, sec
         # so that section-to-section alignment has a true answer to find
         tilt = rng.normal(0, TILT, 2) if label % 2 else -tilt
         direction = np.array([1.0, *tilt])
-        points, radii = _grow_tree(rng, start, direction / np.linalg.norm(direction), rng.uniform(6, 10) * pixel_size_nm,
-                                   bounds, step, branch_prob=0.004)
+        points, radii, arms = _grow_tree(rng, start, direction / np.linalg.norm(direction), rng.uniform(6, 10) * pixel_size_nm,
+                                         bounds, step, branch_prob=0.004)
         paint(points, radii, label)
         inside = np.all((points >= frame_lo) & (points < frame_hi), axis=1)
         if outside:  # and in tissue: beyond the tissue edge the neuron has no voxels
             vy_px, vx_px = np.rint(points[:, 1] / pixel_size_nm), np.rint(points[:, 2] / pixel_size_nm)
             inside &= vx_px <= edge_x(vy_px)
-        seg = np.linalg.norm(np.diff(points, axis=0), axis=1)
-        # a centreline step counts when both its ends are inside; branch starts are not joined to their parent
-        cable[label] = float(np.sum(seg[(inside[:-1] & inside[1:]) & (seg < 2 * step)]))
+        cable[label] = _cable_nm(points, radii, arms, inside, step)
 
     dist, (iz, iy, ix) = ndi.distance_transform_edt(centre_idx == 0, sampling=spacing, return_indices=True)
     nearest = centre_idx[iz, iy, ix]
