@@ -209,7 +209,7 @@ def main() -> None:
     ])
     notes = (f"HTTP over in-process at p50: {figures['http_over_in_process_p50']}x. A real `jupyter server` with the extension "
              "(SQLite store, token auth, one keep-alive connection). The event delay is the stream's store polling "
-             "(`sse_poll_s` = 0.25 s) plus delivery; the panel redraws on arrival. The browser test shows a launched job's row reach DONE.")
+             "(`sse_poll_s` = 0.25 s) plus delivery; the whole way to the panel's row (debounce, page fetch, render) is timed in the browser by `benchmarks/panel.py`, below.")
     write_result("jupyter_api", "JupyterLab REST API: job list latency and event delay", figures, table,
                  command=f"python benchmarks/jupyter_api.py --jobs {args.jobs} --requests {args.requests}", notes=notes)
     print(table)

@@ -23,6 +23,7 @@ RUNS = {
     "em": ["em.py"],
     "hpc": ["hpc.py"],
     "jupyter_api": ["jupyter_api.py"],
+    "jupyter_panel": ["panel.py"],
 }
 
 

@@ -102,6 +102,12 @@ class SitesHandler(RtlibHandler):
         self.reply(lambda: {"sites": self.manager.sites()})
 
 
+class EndpointsHandler(RtlibHandler):
+    @tornado.web.authenticated
+    def get(self) -> None:
+        self.reply(lambda: {"endpoints": self.manager.endpoints()})
+
+
 class WorkloadsHandler(RtlibHandler):
     @tornado.web.authenticated
     def get(self) -> None:
@@ -117,6 +123,7 @@ class JobsHandler(RtlibHandler):
             beamline=self.get_argument("beamline", None) or None,
             limit=self.int_argument("limit", 100),
             offset=self.int_argument("offset", 0),
+            order=self.get_argument("order", None) or "oldest",
         ))
 
     @tornado.web.authenticated
@@ -164,9 +171,8 @@ class TransferHandler(RtlibHandler):
 
 
 def sse_message(event: dict[str, Any]) -> str:
-    """One server-sent event: its id (for Last-Event-ID) and the event as one JSON `data:` line."""
-    data = {k: event[k] for k in ("id", "job_id", "state", "from_state", "reason", "time")}
-    return f"id: {event['id']}\nevent: job\ndata: {json.dumps(data)}\n\n"
+    """One server-sent event: its id (for Last-Event-ID) and the event (an OpenAPI `Event`) as one JSON `data:` line."""
+    return f"id: {event['id']}\nevent: job\ndata: {json.dumps(event)}\n\n"
 
 
 class EventsHandler(RtlibHandler):
@@ -214,6 +220,7 @@ class EventsHandler(RtlibHandler):
 ROUTES: list[tuple[str, type[RtlibHandler]]] = [
     ("/openapi.json", OpenApiHandler),
     ("/sites", SitesHandler),
+    ("/endpoints", EndpointsHandler),
     ("/workloads", WorkloadsHandler),
     ("/jobs", JobsHandler),
     ("/jobs/{job_id}", JobHandler),

@@ -1,12 +1,18 @@
-"""The OpenAPI 3 description of /rtlib/api/, served at GET /rtlib/api/openapi.json.
+"""The OpenAPI 3.1 description of /rtlib/api/, served at GET /rtlib/api/openapi.json.
 
-tests/test_jupyter_api.py checks that every route the extension registers,
-with its methods, is described here and that nothing else is.
+Its schemas are JSON Schema 2020-12 (as OpenAPI 3.1 has them). tests/test_jupyter_api.py
+checks that every route the extension registers, with its methods, is described here
+and nothing else, and validates real answers of every route against these schemas,
+with no property beyond those described. The Queue schema is made from the config
+model itself; job states from `rtlib.states.State`.
 """
 
 from __future__ import annotations
 
 from typing import Any
+
+from rtlib.config import Queue
+from rtlib.states import State
 
 from .handlers import API_PREFIX
 
@@ -19,48 +25,81 @@ def _json(schema: dict[str, Any], description: str) -> dict[str, Any]:
     return {"description": description, "content": {"application/json": {"schema": schema}}}
 
 
+def _nullable(schema: dict[str, Any]) -> dict[str, Any]:
+    return {**schema, "type": [schema["type"], "null"]}
+
+
+def _record(properties: dict[str, Any], **extra: Any) -> dict[str, Any]:
+    """An object the server always sends whole: every property is required."""
+    return {"type": "object", "required": sorted(properties), "properties": properties, **extra}
+
+
+def _model_schema(model) -> dict[str, Any]:
+    """A config model as the API sends it (`model_dump`: every field present), from the model itself so it stays true."""
+    schema = model.model_json_schema(mode="serialization")
+    assert "$defs" not in schema, f"{model.__name__} has nested models; describe them here"
+    properties = {name: {k: v for k, v in prop.items() if k != "title"} for name, prop in schema["properties"].items()}
+    return _record(properties)
+
+
 _ERROR = _json(_ref("Error"), "refused; `error` says why and what to do, `field` names the request field at fault")
 _ID = {"in": "path", "required": True, "schema": {"type": "integer", "minimum": 1}}
 _LOCATION = {
     "oneOf": [
         {"type": "object", "required": ["endpoint", "path"], "additionalProperties": False,
          "properties": {"endpoint": {"type": "string"}, "path": {"type": "string", "description": "relative to the endpoint root"}}},
-        {"type": "string", "description": "ENDPOINT:PATH", "example": "aps:raw/scan-001.h5"},
+        {"type": "string", "description": "ENDPOINT:PATH", "examples": ["aps:raw/scan-001.h5"]},
     ]
 }
+_STATE = {"type": "string", "enum": [s.value for s in State]}
+_TIME = {"type": "number", "description": "Unix time, seconds"}
+
+_JOB = {
+    "id": {"type": "integer"}, "workload": {"type": "string"}, "params": {"type": "object"},
+    "beamline": _nullable({"type": "string"}), "source_endpoint": {"type": "string"},
+    "inputs": {"type": "array", "items": {"type": "string"}, "description": "paths relative to the source endpoint's root"},
+    "dest_endpoint": {"type": "string"}, "output_path": {"type": "string"}, "site": {"type": "string"},
+    "queue": _nullable({"type": "string"}), "account": _nullable({"type": "string"}), "priority": {"type": "integer"},
+    "state": {**_STATE, "description": "HELD: staged, waiting for its suballocation's node-hour budget (the reason is in `error`)"},
+    "attempts": {"type": "integer"}, "max_attempts": {"type": "integer"}, "progress": {"type": "number", "minimum": 0, "maximum": 1},
+    "created_at": _TIME, "updated_at": _TIME, "age_s": {"type": "number", "description": "seconds since it was submitted"},
+    "summary": _nullable({"type": "object"}),
+    "error": _nullable({"type": "string", "description": "why it FAILED, or why it is HELD"}),
+}
+_TRANSFER_TOTALS = _record({"files": {"type": "integer"}, "done": {"type": "integer"}, "bytes": {"type": "integer"}})
 
 SCHEMAS: dict[str, Any] = {
     "Error": {"type": "object", "required": ["error"],
               "properties": {"error": {"type": "string"}, "field": {"type": "string", "description": "e.g. params.num_q_bins, input, limit"}}},
     "Location": _LOCATION,
-    "Queue": {"type": "object", "properties": {"name": {"type": "string"}, "max_nodes": {"type": "integer"},
-                                                "max_walltime_min": {"type": "number"}, "preemptable": {"type": "boolean"}}},
-    "Site": {"type": "object", "properties": {
+    "Queue": _model_schema(Queue),
+    "Site": _record({
         "name": {"type": "string"}, "compute": {"type": "string", "enum": ["local", "pbs", "slurm"]},
         "scratch_endpoint": {"type": "string"}, "queues": {"type": "array", "items": _ref("Queue")},
-        "accounts": {"type": "object", "additionalProperties": {"type": "number"}, "description": "account -> node-hour budget"}}},
-    "Workload": {"type": "object", "properties": {
+        "accounts": {"type": "object", "additionalProperties": {"type": "number"}, "description": "account -> node-hour budget"}}),
+    "Endpoint": _record({
+        "name": {"type": "string"}, "kind": {"type": "string", "enum": ["local", "globus"]},
+        "facility": _nullable({"type": "string"}),
+        "beamlines": {"type": "array", "items": {"type": "string"}, "description": "the beamlines whose data is on it"},
+        "scratch": {"type": "boolean", "description": "it is a compute site's scratch: where jobs stage in, not an input"}},
+        description="no roots, collection ids or credentials"),
+    "Workload": _record({
         "name": {"type": "string"}, "description": {"type": "string"},
-        "schema": {"type": "object", "description": "JSON Schema of the workload's parameters"}}},
-    "Event": {"type": "object", "properties": {
-        "id": {"type": "integer"}, "job_id": {"type": "integer"}, "state": {"type": "string", "description": "the state entered"},
-        "from_state": {"type": "string", "nullable": True}, "reason": {"type": "string"}, "time": {"type": "number", "description": "Unix time"}}},
-    "Job": {"type": "object", "properties": {
-        "id": {"type": "integer"}, "workload": {"type": "string"}, "params": {"type": "object"}, "beamline": {"type": "string", "nullable": True},
-        "source_endpoint": {"type": "string"}, "inputs": {"type": "array", "items": {"type": "string"}},
-        "dest_endpoint": {"type": "string"}, "output_path": {"type": "string"}, "site": {"type": "string"},
-        "queue": {"type": "string", "nullable": True}, "account": {"type": "string", "nullable": True}, "priority": {"type": "integer"},
-        "state": {"type": "string", "enum": ["CREATED", "STAGING_IN", "STAGED_IN", "RUNNING", "RUN_DONE", "STAGING_OUT", "DONE",
-                                             "FAILED", "PREEMPTED", "CANCELLED"]},
-        "attempts": {"type": "integer"}, "max_attempts": {"type": "integer"}, "progress": {"type": "number"},
-        "created_at": {"type": "number"}, "updated_at": {"type": "number"}, "age_s": {"type": "number"},
-        "summary": {"type": "object", "nullable": True}, "error": {"type": "string", "nullable": True}}},
-    "JobDetail": {"allOf": [_ref("Job"), {"type": "object", "properties": {
-        "events": {"type": "array", "items": _ref("Event")},
-        "transfers": {"type": "object", "description": "per direction (in, out): files, done, bytes"}}}]},
-    "JobPage": {"type": "object", "properties": {
+        "schema": {"type": "object", "description": "JSON Schema of the workload's parameters"}}),
+    "Event": _record({
+        "id": {"type": "integer"}, "job_id": {"type": "integer"},
+        "state": {**_STATE, "description": "the state entered (the same as to_state)"}, "to_state": _STATE,
+        "from_state": {"type": ["string", "null"], "enum": [s.value for s in State] + [None]},
+        "reason": {"type": "string"}, "agent": _nullable({"type": "string", "description": "the agent that made the change; null for a person"}),
+        "time": _TIME, "timestamp": {**_TIME, "description": "the same as time"}}),
+    "Job": _record(_JOB),
+    "JobDetail": _record({
+        **_JOB, "events": {"type": "array", "items": _ref("Event"), "description": "its history, oldest first"},
+        "transfers": _record({"in": _TRANSFER_TOTALS, "out": _TRANSFER_TOTALS}, description="files, done and bytes per direction")}),
+    "JobPage": _record({
         "jobs": {"type": "array", "items": _ref("Job")}, "limit": {"type": "integer"}, "offset": {"type": "integer"},
-        "counts": {"type": "object", "additionalProperties": {"type": "integer"}, "description": "jobs per state, all jobs"}}},
+        "total": {"type": "integer", "description": "jobs the filter matches, all pages"},
+        "counts": {"type": "object", "additionalProperties": {"type": "integer"}, "description": "jobs per state, all jobs"}}),
     "SubmitRequest": {"type": "object", "required": ["workload"], "additionalProperties": False, "properties": {
         "workload": {"type": "string"}, "beamline": {"type": "string"}, "site": {"type": "string", "default": "local"},
         "queue": {"type": "string"}, "account": {"type": "string", "description": "project or project::suballocation"},
@@ -71,31 +110,37 @@ SCHEMAS: dict[str, Any] = {
         "description": "exactly one of input, inputs, source; all inputs on one endpoint"},
     "TransferRequest": {"type": "object", "required": ["source", "destination"], "additionalProperties": False,
                         "properties": {"source": _ref("Location"), "destination": _ref("Location")}},
-    "Transfer": {"type": "object", "properties": {
+    "Transfer": _record({
         "id": {"type": "integer"}, "source": {"type": "string"}, "destination": {"type": "string"},
         "state": {"type": "string", "enum": ["ACTIVE", "SUCCEEDED", "FAILED"]},
-        "bytes_done": {"type": "integer"}, "bytes_total": {"type": "integer"}, "fraction": {"type": "number"},
+        "bytes_done": {"type": "integer"}, "bytes_total": {"type": "integer"}, "fraction": {"type": "number", "minimum": 0, "maximum": 1},
         "files_total": {"type": "integer"}, "files_done": {"type": "integer"}, "files_failed": {"type": "integer"},
         "errors": {"type": "array", "items": {"type": "string"}},
-        "started_at": {"type": "number"}, "finished_at": {"type": "number", "nullable": True}}},
+        "started_at": _TIME, "finished_at": _nullable(_TIME)}),
 }
 
 PATHS: dict[str, dict[str, Any]] = {
     "/openapi.json": {"get": {"summary": "this document", "operationId": "openapi",
                               "responses": {"200": {"description": "OpenAPI 3 document", "content": {"application/json": {}}}}}},
     "/sites": {"get": {"summary": "sites with their queues and accounts", "operationId": "listSites",
-                       "responses": {"200": _json({"type": "object", "properties": {"sites": {"type": "array", "items": _ref("Site")}}}, "sites")}}},
+                       "responses": {"200": _json({"type": "object", "required": ["sites"], "properties": {"sites": {"type": "array", "items": _ref("Site")}}}, "sites")}}},
+    "/endpoints": {"get": {"summary": "endpoints a job's input or a transfer can name, with the beamlines whose data each holds",
+                           "operationId": "listEndpoints",
+                           "responses": {"200": _json({"type": "object", "required": ["endpoints"], "properties": {
+                               "endpoints": {"type": "array", "items": _ref("Endpoint")}}}, "endpoints")}}},
     "/workloads": {"get": {"summary": "installed workloads, each with the JSON Schema of its parameters", "operationId": "listWorkloads",
-                           "responses": {"200": _json({"type": "object", "properties": {"workloads": {"type": "array", "items": _ref("Workload")}}},
+                           "responses": {"200": _json({"type": "object", "required": ["workloads"], "properties": {"workloads": {"type": "array", "items": _ref("Workload")}}},
                                                       "workloads")}}},
     "/jobs": {
-        "get": {"summary": "jobs, oldest first, filtered and paged", "operationId": "listJobs",
+        "get": {"summary": "jobs, oldest (or newest) first, filtered and paged", "operationId": "listJobs",
                 "parameters": [
-                    {"name": "state", "in": "query", "schema": {"type": "string"}, "description": "a job state (any case)"},
+                    {"name": "state", "in": "query", "schema": {"type": "string"}, "description": "a job state (any case), e.g. HELD"},
                     {"name": "workload", "in": "query", "schema": {"type": "string"}},
                     {"name": "beamline", "in": "query", "schema": {"type": "string"}},
                     {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 500, "default": 100}},
-                    {"name": "offset", "in": "query", "schema": {"type": "integer", "minimum": 0, "default": 0}}],
+                    {"name": "offset", "in": "query", "schema": {"type": "integer", "minimum": 0, "default": 0}},
+                    {"name": "order", "in": "query", "schema": {"type": "string", "enum": ["oldest", "newest"], "default": "oldest"},
+                     "description": "newest: newest first, offset counted from the newest job"}],
                 "responses": {"200": _json(_ref("JobPage"), "one page of jobs"), "400": _ERROR}},
         "post": {"summary": "submit a job (state CREATED; an agent of its site runs it)", "operationId": "submitJob",
                  "requestBody": {"required": True, "content": {"application/json": {"schema": _ref("SubmitRequest")}}},
@@ -112,7 +157,7 @@ PATHS: dict[str, dict[str, Any]] = {
                                       "responses": {"200": _json(_ref("JobDetail"), "the job, CREATED again"), "404": _ERROR, "409": _ERROR}}},
     "/transfers": {
         "get": {"summary": "ad-hoc transfers started by this server, newest first", "operationId": "listTransfers",
-                "responses": {"200": _json({"type": "object", "properties": {"transfers": {"type": "array", "items": _ref("Transfer")}}},
+                "responses": {"200": _json({"type": "object", "required": ["transfers"], "properties": {"transfers": {"type": "array", "items": _ref("Transfer")}}},
                                            "transfers")}},
         "post": {"summary": "copy a file or directory between endpoints now, outside any job", "operationId": "startTransfer",
                  "requestBody": {"required": True, "content": {"application/json": {"schema": _ref("TransferRequest")}}},
@@ -122,7 +167,7 @@ PATHS: dict[str, dict[str, Any]] = {
                                          "responses": {"200": _json(_ref("Transfer"), "the transfer"), "404": _ERROR}}},
     "/events": {"get": {
         "summary": "live job events as server-sent events",
-        "description": "Each message has `id:` (the event id) and one `data:` line holding an Event as JSON. Without `since` "
+        "description": "Each message has `id:` (the event id), `event: job` and one `data:` line holding an Event (the schema) as JSON. Without `since` "
                        "(or a Last-Event-ID header) only new events are sent. Comments (`: keep-alive`) are sent while idle; "
                        "the server ends the stream after a bounded time and EventSource reconnects with Last-Event-ID.",
         "operationId": "streamEvents",
@@ -137,7 +182,7 @@ PATHS: dict[str, dict[str, Any]] = {
 
 def openapi_document(base_url: str = "/") -> dict[str, Any]:
     return {
-        "openapi": "3.0.3",
+        "openapi": "3.1.0",
         "info": {"title": "rtlib Jupyter server API", "version": "1",
                  "description": "Jobs, workloads, sites, ad-hoc transfers and live job events of rtlib. "
                                 "Authenticate as for any Jupyter server API (token or login cookie + XSRF token)."},

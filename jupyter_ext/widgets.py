@@ -18,7 +18,8 @@ import ipywidgets as W
 from rtlib.manager import ApiError, JobManager
 from rtlib.notebooks import parse_cli_value
 
-_ERROR_STYLE = "color:#b00020"
+# the theme's error colour, so a message reads on light and dark themes (JupyterLab sets the variable)
+_ERROR_STYLE = "color:var(--jp-error-color1)"
 
 
 def _manager(manager: JobManager | None) -> JobManager:

@@ -113,11 +113,24 @@ class JobManager:
             for name, site in sorted(self.settings.sites.items())
         ]
 
+    def endpoints(self) -> list[dict[str, Any]]:
+        """Endpoints a job's input or a transfer can name: name, kind, facility, the beamlines whose data it holds,
+        and whether it is a site's scratch. Nothing secret or host-specific: no roots, collection ids or credentials."""
+        scratch = {site.scratch_endpoint for site in self.settings.sites.values()}
+        return [
+            {"name": name, "kind": ep.kind, "facility": ep.facility,
+             "beamlines": sorted(b for b, bl in self.settings.beamlines.items() if bl.endpoint == name),
+             "scratch": name in scratch}
+            for name, ep in sorted(self.settings.endpoints.items())
+        ]
+
     def workloads(self) -> list[dict[str, Any]]:
         return [{"name": n, "description": get_workload(n).description, "schema": get_workload(n).json_schema()} for n in workload_names()]
 
     def list_jobs(self, *, state: str | None = None, workload: str | None = None, beamline: str | None = None,
-                  limit: int = 100, offset: int = 0) -> dict[str, Any]:
+                  limit: int = 100, offset: int = 0, order: str = "oldest") -> dict[str, Any]:
+        """One page of jobs matching the filter, oldest first (`order="newest"`: newest first, offset from the newest),
+        with `total` (jobs the filter matches) and `counts` (all jobs per state)."""
         if not 1 <= limit <= MAX_PAGE:
             raise ApiError(400, f"limit must be between 1 and {MAX_PAGE}, got {limit}", "limit")
         if offset < 0:
@@ -128,9 +141,33 @@ class JobManager:
                 states = [State(state.upper())]
             except ValueError:
                 raise ApiError(400, f"unknown state {state!r}; states: {', '.join(s.value for s in State)}", "state") from None
-        rows = self.store.list_jobs(states=states, workload=workload, beamline=beamline, limit=limit, offset=offset)
+        if order not in ("oldest", "newest"):
+            raise ApiError(400, f"order must be oldest or newest, got {order!r}", "order")
+        total = self._count_jobs(states, workload, beamline)
+        if order == "oldest":
+            rows = self.store.list_jobs(states=states, workload=workload, beamline=beamline, limit=limit, offset=offset)
+        else:  # the store pages oldest first: take the same rows from the other end
+            start, count = max(0, total - offset - limit), min(limit, total - offset)
+            rows = [] if count <= 0 else self.store.list_jobs(states=states, workload=workload, beamline=beamline, limit=count, offset=start)[::-1]
         now = time.time()
-        return {"jobs": [job_to_dict(j, now) for j in rows], "limit": limit, "offset": offset, "counts": self.store.count_by_state()}
+        return {"jobs": [job_to_dict(j, now) for j in rows], "limit": limit, "offset": offset,
+                "total": total, "counts": self.store.count_by_state()}
+
+    def _count_jobs(self, states: list[State] | None, workload: str | None, beamline: str | None) -> int:
+        """How many jobs the filter matches in all (`total` of a page, for paging)."""
+        import sqlalchemy as sa
+
+        from .store import jobs_t
+
+        q = sa.select(sa.func.count()).select_from(jobs_t)
+        if states is not None:
+            q = q.where(jobs_t.c.state.in_([s.value for s in states]))
+        if workload:
+            q = q.where(jobs_t.c.workload == workload)
+        if beamline:
+            q = q.where(jobs_t.c.beamline == beamline)
+        with self.store.engine.connect() as conn:
+            return int(conn.execute(q).scalar() or 0)
 
     def get_job(self, job_id: int) -> dict[str, Any]:
         try:

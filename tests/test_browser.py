@@ -122,12 +122,19 @@ def test_panel_launches_saxs_job_watches_it_to_done_and_opens_result(lab, browse
         assert any(q.startswith("demand") for q in queues) and any("preemptable" in q for q in queues)
         assert "rtlib::aps" in " ".join(dialog.locator('select[name="account"] option').all_text_contents())
 
-        if dialog.locator('select[name="endpoint"]').count():  # the server lists endpoints
-            dialog.locator('select[name="endpoint"]').select_option("aps")
-        else:
-            dialog.locator('input[name="endpoint"]').fill("aps")
-        dialog.locator('input[name="input"]').fill(rel)
+        # the input endpoint is a choice among the server's endpoints (GET endpoints), scratch left out
+        endpoint = dialog.locator('select[name="endpoint"]')
+        status, listed = lab.api("endpoints")
+        assert status == 200
+        offered = endpoint.locator("option").evaluate_all("options => options.map(o => o.value)")
+        assert offered == [e["name"] for e in listed["endpoints"] if not e["scratch"]] and set(offered) == {"aps", "als", "nsls2"}, offered
+        assert "aps-demo" in endpoint.locator('option[value="aps"]').text_content()
+        endpoint.select_option("als")
+        # naming a beamline picks the endpoint its data is on
         dialog.locator('input[name="beamline"]').fill("aps-demo")
+        dialog.locator('input[name="beamline"]').dispatch_event("change")
+        assert endpoint.input_value() == "aps"
+        dialog.locator('input[name="input"]').fill(rel)
 
         # an invalid value: the server's 400 message appears next to that field, the dialog stays
         q_bins.fill("1")
@@ -245,6 +252,9 @@ def test_panel_cancel_retry_and_filter(lab, browser, tmp_path):
         page.locator(f'#rtlib-jobs tr.rtlib-JobRow[data-job-id="{slow["id"]}"]:not([data-state="CANCELLED"])').wait_for(timeout=20_000)
         assert lab.api(f"jobs/{slow['id']}")[1]["attempts"] <= 1
 
+        # every state can be filtered on, HELD (waiting for node-hours) included
+        states = page.locator('#rtlib-jobs select[data-filter="state"] option').evaluate_all("options => options.map(o => o.value)")
+        assert set(states) >= {"", "CREATED", "RUNNING", "HELD", "PREEMPTED", "DONE", "FAILED", "CANCELLED"}, states
         # filters go to the server: only DONE jobs, then only noop jobs
         page.locator('#rtlib-jobs select[data-filter="state"]').select_option("DONE")
         page.wait_for_function("() => document.querySelectorAll('#rtlib-jobs tr.rtlib-JobRow').length === 1", timeout=10_000)

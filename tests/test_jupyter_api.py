@@ -370,3 +370,181 @@ async def test_openapi_document_matches_the_registered_routes(jp_fetch, jp_serve
             assert declared == set(re.findall(r"\{(\w+)\}", path)), path
     refs = set(re.findall(r'"#/components/schemas/(\w+)"', json.dumps(doc)))
     assert refs <= set(doc["components"]["schemas"])
+
+
+# -- endpoints, HELD jobs, paging totals ---------------------------------------------------------
+async def test_endpoints_lists_each_with_its_kind_and_beamlines_and_no_secrets(jp_fetch, settings):
+    endpoints = {e["name"]: e for e in body(await jp_fetch("rtlib", "api", "endpoints"))["endpoints"]}
+    assert set(endpoints) == set(settings.endpoints) == {"aps", "als", "nsls2", "alcf"}
+    assert endpoints["aps"] == {"name": "aps", "kind": "local", "facility": "aps", "beamlines": ["aps-demo"], "scratch": False}
+    assert endpoints["alcf"]["scratch"] is True and endpoints["alcf"]["beamlines"] == []
+    text = json.dumps(endpoints)
+    assert str(settings.workspace) not in text and "root" not in text  # nothing of this host's filesystem
+
+
+def _hold(manager, job_id: int) -> str:
+    """Put a CREATED job into HELD the way an agent does: staged in, then over its account's budget."""
+    from rtlib import accounting
+    from rtlib.compute.policy import request_for
+
+    store = manager.store
+    job = store.get_job(job_id)
+    assert store.transition(job_id, "CREATED", "STAGING_IN", "staging in")
+    assert store.transition(job_id, "STAGING_IN", "STAGED_IN", "staged in")
+    store.set_budget(job.account, 0.0)
+    reason = accounting.Ledger(manager.settings, store).hold_reason(job.account, request_for(manager.settings.sites[job.site], job.workload))
+    assert reason and job.account in reason
+    assert store.transition(job_id, "STAGED_IN", "HELD", reason, owner=None, error=reason)
+    return reason
+
+
+async def test_held_job_is_listed_by_state_and_shows_its_reason(jp_fetch, manager, scan):
+    ep, rel = scan
+    held = manager.submit({"workload": "noop", "beamline": "aps-demo", "input": {"endpoint": ep, "path": rel}})
+    other = manager.submit({"workload": "noop", "beamline": "aps-demo", "input": {"endpoint": ep, "path": rel}})
+    reason = _hold(manager, held["id"])
+    page = body(await jp_fetch("rtlib", "api", "jobs", params={"state": "HELD"}))
+    assert [j["id"] for j in page["jobs"]] == [held["id"]] and page["jobs"][0]["state"] == "HELD"
+    assert page["total"] == 1 and page["counts"] == {"HELD": 1, "CREATED": 1}
+    assert body(await jp_fetch("rtlib", "api", "jobs", params={"state": "held"}))["jobs"][0]["id"] == held["id"]
+    got = body(await jp_fetch("rtlib", "api", "jobs", str(held["id"])))
+    assert got["state"] == "HELD" and got["error"] == reason and "node-hours" in reason
+    assert got["events"][-1]["state"] == "HELD" and got["events"][-1]["reason"] == reason
+    assert body(await jp_fetch("rtlib", "api", "jobs", str(other["id"])))["state"] == "CREATED"
+    doc = body(await jp_fetch("rtlib", "api", "openapi.json"))
+    assert "HELD" in doc["components"]["schemas"]["Job"]["properties"]["state"]["enum"]
+
+
+async def test_a_filtered_page_carries_the_total_the_filter_matches(jp_fetch, manager, scan):
+    ep, rel = scan
+    for workload in ("noop", "noop", "noop", "saxs"):
+        manager.submit({"workload": workload, "input": {"endpoint": ep, "path": rel}})
+    page = body(await jp_fetch("rtlib", "api", "jobs", params={"workload": "noop", "limit": "2", "offset": "0"}))
+    assert len(page["jobs"]) == 2 and page["total"] == 3
+    page = body(await jp_fetch("rtlib", "api", "jobs", params={"workload": "noop", "limit": "2", "offset": "2"}))
+    assert len(page["jobs"]) == 1 and page["total"] == 3
+    assert body(await jp_fetch("rtlib", "api", "jobs"))["total"] == 4
+    assert body(await jp_fetch("rtlib", "api", "jobs", params={"state": "DONE"}))["total"] == 0
+
+
+# -- real answers against the served OpenAPI schemas ---------------------------------------------
+def _strict(node):
+    """The document with `additionalProperties: false` wherever a schema lists properties and says nothing else."""
+    if isinstance(node, list):
+        return [_strict(n) for n in node]
+    if not isinstance(node, dict):
+        return node
+    out = {k: _strict(v) for k, v in node.items()}
+    if isinstance(node.get("properties"), dict) and "additionalProperties" not in node:
+        out["additionalProperties"] = False
+    return out
+
+
+class OpenApiChecker:
+    """Validates answers against the served document's response schemas ($refs resolved, jsonschema 2020-12)."""
+
+    URI = "urn:rtlib-openapi"
+
+    def __init__(self, doc: dict):
+        from jsonschema import Draft202012Validator
+        from referencing import Registry, Resource
+        from referencing.jsonschema import DRAFT202012
+
+        self.doc = doc
+        self.registry = Registry().with_resource(self.URI, Resource.from_contents(_strict(doc), default_specification=DRAFT202012))
+        self.validator_class = Draft202012Validator
+        self.checked: set[tuple[str, str, str]] = set()
+
+    def _validator(self, pointer: str):
+        return self.validator_class({"$ref": f"{self.URI}#{pointer}"}, registry=self.registry)
+
+    def response(self, path: str, method: str, status: int, payload) -> None:
+        responses = self.doc["paths"][path][method]["responses"]
+        assert str(status) in responses, f"{method.upper()} {path} answered {status}, which the document does not describe"
+        escaped = path.replace("~", "~0").replace("/", "~1")
+        self._validator(f"/paths/{escaped}/{method}/responses/{status}/content/application~1json/schema").validate(payload)
+        self.checked.add((path, method, str(status)))
+
+    def schema(self, name: str, payload) -> None:
+        self._validator(f"/components/schemas/{name}").validate(payload)
+
+
+async def test_every_answer_matches_the_served_openapi_schemas(http_server_client, jp_fetch, jp_http_port, jp_base_url, jp_auth_header,
+                                                              manager, scan, settings):
+    from jsonschema import Draft202012Validator, ValidationError
+
+    doc = body(await jp_fetch("rtlib", "api", "openapi.json"))
+    assert doc["openapi"].startswith("3.1")
+    check = OpenApiChecker(doc)
+
+    async def call(path: str, method: str = "get", *, params=None, payload=None, **ids):
+        parts = path.format(**ids).strip("/").split("/")
+        kwargs = {"method": method.upper()}
+        if method == "post":
+            kwargs["body"] = json.dumps(payload if payload is not None else {})
+        if params:
+            kwargs["params"] = params
+        try:
+            resp = await jp_fetch("rtlib", "api", *parts, **kwargs)
+        except HTTPClientError as err:
+            resp = err.response
+        data = json.loads(resp.body)
+        check.response(path, method, resp.code, data)
+        return resp.code, data
+
+    ep, rel = scan
+    assert (await call("/sites"))[0] == 200
+    code, workloads = await call("/workloads")
+    for w in workloads["workloads"]:  # each parameter schema is itself a valid JSON Schema
+        Draft202012Validator.check_schema(w["schema"])
+    assert (await call("/endpoints"))[0] == 200
+
+    code, job = await call("/jobs", "post", payload={"workload": "saxs", "beamline": "aps-demo", "input": {"endpoint": ep, "path": rel},
+                                                     "params": {"num_q_bins": 30}})
+    assert code == 201
+    code, other = await call("/jobs", "post", payload={"workload": "noop", "beamline": "aps-demo", "input": f"{ep}:{rel}"})
+    assert code == 201
+    _hold(manager, other["id"])
+    assert (await call("/jobs", "post", payload={"workload": "saxs", "input": {"endpoint": ep, "path": rel},
+                                                 "params": {"num_q_bins": 1}}))[0] == 400
+    for params in (None, {"state": "HELD"}, {"workload": "saxs", "beamline": "aps-demo", "limit": "1"}, {"order": "newest", "limit": "1"}):
+        assert (await call("/jobs", params=params))[0] == 200
+    assert (await call("/jobs", params={"limit": "0"}))[0] == 400
+    for job_id in (job["id"], other["id"]):
+        assert (await call("/jobs/{job_id}", job_id=job_id))[0] == 200
+    assert (await call("/jobs/{job_id}", job_id=999))[0] == 404
+    assert (await call("/jobs/{job_id}/cancel", "post", job_id=job["id"]))[0] == 200
+    assert (await call("/jobs/{job_id}/cancel", "post", job_id=job["id"]))[0] == 409
+    assert (await call("/jobs/{job_id}/retry", "post", job_id=job["id"]))[0] == 200
+    assert (await call("/jobs/{job_id}/retry", "post", job_id=job["id"]))[0] == 409
+    assert (await call("/jobs/{job_id}/cancel", "post", job_id=999))[0] == 404
+
+    code, tr = await call("/transfers", "post", payload={"source": {"endpoint": ep, "path": rel}, "destination": "als:copies/"})
+    assert code == 201
+    assert (await call("/transfers", "post", payload={"source": f"{ep}:raw/none.h5", "destination": "als:x"}))[0] == 400
+    deadline = time.monotonic() + 30
+    while tr["state"] == "ACTIVE" and time.monotonic() < deadline:
+        await asyncio.sleep(0.05)
+        tr = (await call("/transfers/{transfer_id}", transfer_id=tr["id"]))[1]
+    assert tr["state"] == "SUCCEEDED" and tr["finished_at"] is not None
+    assert (await call("/transfers"))[0] == 200
+    assert (await call("/transfers/{transfer_id}", transfer_id=99))[0] == 404
+
+    # the event stream's messages are Events; its refusal is an Error
+    assert (await call("/events", params={"since": "-1"}))[0] == 400
+    events = _events(await _read_stream(jp_http_port, jp_base_url, jp_auth_header, "?since=0"))
+    assert {e["state"] for e in events} >= {"CREATED", "HELD", "CANCELLED"}
+    for event in events:
+        check.schema("Event", event)
+
+    # every JSON route and method was exercised; the strict reading is not vacuous
+    json_ops = {(p, m) for p, ops in doc["paths"].items() for m, op in ops.items()
+                if any("application/json" in r.get("content", {}) and r["content"]["application/json"] for r in op["responses"].values())}
+    assert json_ops == {(p, m) for p, m, _ in check.checked}
+    with pytest.raises(ValidationError, match="surprise"):
+        check.schema("JobDetail", {**job, "surprise": 1})
+    with pytest.raises(ValidationError, match="'state' is a required property"):
+        check.schema("Job", {k: v for k, v in job.items() if k not in ("events", "transfers", "state")})
+    site = body(await jp_fetch("rtlib", "api", "sites"))["sites"][0]
+    with pytest.raises(ValidationError):
+        check.schema("Queue", {**site["queues"][0], "unlisted": True})

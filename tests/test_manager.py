@@ -73,6 +73,59 @@ def test_paging_limits(manager):
         manager.list_jobs(state="RUNNIN")
     assert e.value.field == "state" and "RUNNING" in e.value.message
 
+    assert manager.list_jobs(state="created")["total"] == 0
+
+
+def test_page_total_counts_what_the_filter_matches(manager):
+    (ep, rel), = produce(manager.settings, 1)
+    for workload, beamline in [("noop", "aps-demo"), ("noop", None), ("saxs", "aps-demo"), ("noop", "aps-demo")]:
+        manager.submit({"workload": workload, "source": f"{ep}:{rel}", **({"beamline": beamline} if beamline else {})})
+    page = manager.list_jobs(workload="noop", beamline="aps-demo", limit=1)
+    assert len(page["jobs"]) == 1 and page["total"] == 2 and page["counts"] == {"CREATED": 4}
+    assert manager.list_jobs(limit=1, offset=3)["total"] == 4
+    manager.cancel(1)
+    assert manager.list_jobs(state="cancelled")["total"] == 1 and manager.list_jobs(state="created", workload="noop")["total"] == 2
+
+
+def test_newest_first_pages_from_the_other_end(manager):
+    (ep, rel), = produce(manager.settings, 1)
+    ids = [manager.submit({"workload": "noop" if i % 2 else "saxs", "source": f"{ep}:{rel}"})["id"] for i in range(7)]
+    ids_of = lambda page: [j["id"] for j in page["jobs"]]  # noqa: E731
+    assert ids_of(manager.list_jobs(order="newest", limit=3)) == ids[::-1][:3]
+    assert ids_of(manager.list_jobs(order="newest", limit=3, offset=3)) == ids[::-1][3:6]
+    assert ids_of(manager.list_jobs(order="newest", limit=3, offset=6)) == ids[:1]
+    assert ids_of(manager.list_jobs(order="newest", limit=3, offset=7)) == []
+    noop = [i for n, i in enumerate(ids) if n % 2]
+    page = manager.list_jobs(order="newest", workload="noop", limit=2)
+    assert ids_of(page) == noop[::-1][:2] and page["total"] == len(noop)
+    with pytest.raises(ApiError) as e:
+        manager.list_jobs(order="random")
+    assert e.value.status == 400 and e.value.field == "order"
+
+
+def test_endpoints_name_kind_and_beamlines_and_nothing_secret(tmp_path, store_url):
+    from rtlib import config as cfg
+
+    raw = cfg.default_config(tmp_path / "ws")
+    raw["store_url"] = store_url
+    collection = "0b4c1d7e-5f0a-4a8e-9d3e-2b6f1a7c9e11"
+    raw["endpoints"]["remote"] = {"kind": "globus", "collection_id": collection, "base_path": "/secret/base", "facility": "aps"}
+    raw["beamlines"]["aps-remote"] = {"facility": "aps", "endpoint": "remote", "account": "rtlib::aps",
+                                      "service_account": {"client_id": "cid-123", "client_secret": "s3cret-value"}}
+    settings = cfg.validate(raw)
+    cfg.ensure_workspace(settings)
+    store = JobStore(settings.store)
+    try:
+        endpoints = {e["name"]: e for e in JobManager(settings, store).endpoints()}
+    finally:
+        store.close()
+    assert endpoints["remote"] == {"name": "remote", "kind": "globus", "facility": "aps", "beamlines": ["aps-remote"], "scratch": False}
+    assert endpoints["als"]["beamlines"] == ["als-demo"] and endpoints["als"]["kind"] == "local"
+    assert [n for n, e in endpoints.items() if e["scratch"]] == ["alcf"]
+    text = repr(endpoints)
+    for secret in (collection, "/secret/base", "s3cret-value", "cid-123", str(tmp_path)):
+        assert secret not in text
+
 
 # -- inputs as the REST API sends them ---------------------------------------------------------
 def test_submit_takes_input_objects_and_checks_them_against_the_root(manager, tmp_path):

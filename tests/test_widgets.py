@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import time
 from pathlib import Path
 
@@ -52,7 +53,8 @@ def test_launch_widget_form_is_generated_from_the_workload_schema(manager):
     assert isinstance(w.params["num_q_bins"], W.IntText) and w.params["num_q_bins"].value == 200
     assert isinstance(w.params["dataset_path"], W.Text) and w.params["dataset_path"].value == "/entry/data/data"
     w.workload.value = "noop"
-    assert set(w.params) == {"sleep_s"}
+    noop = {w["name"]: w for w in manager.workloads()}["noop"]["schema"]["properties"]
+    assert "sleep_s" in noop and set(w.params) == set(noop)
     assert [v for _, v in w.queue.options] == [None, "demand", "preemptable"]
 
 
@@ -83,6 +85,8 @@ def test_launch_widget_shows_server_side_validation_next_to_the_field(manager):
     w.submit_button.click()
     assert "num_q_bins" in w.param_errors["num_q_bins"].value and "greater than or equal to 2" in w.param_errors["num_q_bins"].value
     assert all(label.value == "" for name, label in w.param_errors.items() if name != "num_q_bins")
+    assert "var(--jp-error-color1)" in w.param_errors["num_q_bins"].value  # the theme's colour, not one of ours
+    assert not re.search(r"#[0-9a-fA-F]{3,8}\b|rgba?\(", w.param_errors["num_q_bins"].value)
     assert manager.store.list_jobs() == [] and w.last_job is None
 
     w.params["num_q_bins"].value = 50

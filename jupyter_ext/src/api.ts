@@ -19,7 +19,8 @@ export const PIPELINE = [
   'STAGING_OUT',
   'DONE'
 ];
-export const STATES = [...PIPELINE, 'PREEMPTED', 'FAILED', 'CANCELLED'];
+/** Every state, as the server's OpenAPI Job.state lists them. HELD: staged, waiting for its account's node-hour budget. */
+export const STATES = [...PIPELINE, 'HELD', 'PREEMPTED', 'FAILED', 'CANCELLED'];
 export const TERMINAL = new Set(['DONE', 'FAILED', 'CANCELLED']);
 export const RETRYABLE = new Set(['FAILED', 'CANCELLED']);
 
@@ -28,6 +29,10 @@ export interface IQueue {
   max_nodes: number;
   max_walltime_min: number;
   preemptable: boolean;
+  scheduler_queue: string | null;
+  job_walltime_min: number | null;
+  queued_limit_s: number;
+  extra_directives: string[];
 }
 
 export interface ISite {
@@ -72,10 +77,15 @@ export interface IWorkload {
   schema: ISchema;
 }
 
+/** An endpoint as GET endpoints lists it: no roots or credentials. */
 export interface IEndpoint {
   name: string;
-  kind?: string;
-  facility?: string | null;
+  kind: 'local' | 'globus';
+  facility: string | null;
+  /** The beamlines whose data is on it. */
+  beamlines: string[];
+  /** A compute site's scratch: where jobs stage in, not an input. */
+  scratch: boolean;
 }
 
 export interface ITransferTotals {
@@ -87,11 +97,12 @@ export interface ITransferTotals {
 export interface IJobEvent {
   id: number;
   job_id: number;
-  /** The store calls the new state to_state and the time timestamp; accept both spellings. */
+  /** The state entered; the server sends it as both `state` and `to_state`, the time as `time` and `timestamp`. */
   to_state?: string;
   from_state?: string | null;
   state?: string;
   reason: string;
+  agent?: string | null;
   timestamp?: number;
   time?: number;
 }
@@ -127,6 +138,8 @@ export interface IJobPage {
   jobs: IJob[];
   limit: number;
   offset: number;
+  /** Jobs the filter matches, all pages. */
+  total: number;
   counts: Record<string, number>;
 }
 
@@ -136,6 +149,7 @@ export interface IJobFilter {
   beamline?: string;
   limit?: number;
   offset?: number;
+  order?: 'oldest' | 'newest';
 }
 
 export interface ILocation {
@@ -223,23 +237,9 @@ export async function listWorkloads(): Promise<IWorkload[]> {
   return unwrap(await requestAPI<IWorkload[] | Record<string, IWorkload[]>>('workloads'), 'workloads');
 }
 
-/** Endpoints the server names, or null when this server has no endpoints route. */
-export async function listEndpoints(): Promise<IEndpoint[] | null> {
-  try {
-    let data = await requestAPI<any>('endpoints');
-    if (data && !Array.isArray(data) && Array.isArray(data.endpoints)) {
-      data = data.endpoints;
-    }
-    if (Array.isArray(data)) {
-      return data.map((e: string | IEndpoint) => (typeof e === 'string' ? { name: e } : e));
-    }
-    return Object.entries(data as Record<string, IEndpoint>).map(([name, e]) => ({ ...e, name }));
-  } catch (error) {
-    if (error instanceof ApiError && error.status === 404) {
-      return null;
-    }
-    throw error;
-  }
+/** The endpoints of the server's config, with the beamlines whose data each holds. */
+export async function listEndpoints(): Promise<IEndpoint[]> {
+  return unwrap(await requestAPI<IEndpoint[] | Record<string, IEndpoint[]>>('endpoints'), 'endpoints');
 }
 
 export function listJobs(filter: IJobFilter = {}): Promise<IJobPage> {

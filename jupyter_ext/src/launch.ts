@@ -147,7 +147,7 @@ export class LaunchDialog extends Widget {
       const [workloads, sites, endpoints, recent] = await Promise.all([
         listWorkloads(),
         listSites(),
-        listEndpoints().catch(() => null),
+        listEndpoints(),
         listJobs({ limit: 100 }).catch(() => null)
       ]);
       this._workloads = workloads;
@@ -157,7 +157,7 @@ export class LaunchDialog extends Widget {
       this._workload.input.focus();
     } catch (error) {
       this._form.textContent = '';
-      this._general.textContent = `Could not load workloads and sites: ${(error as Error).message}`;
+      this._general.textContent = `Could not load workloads, sites and endpoints: ${(error as Error).message}`;
     }
     return this._done;
   }
@@ -231,7 +231,7 @@ export class LaunchDialog extends Widget {
     }
   }
 
-  private _build(endpoints: IEndpoint[] | null, recent: IJob[]): void {
+  private _build(endpoints: IEndpoint[], recent: IJob[]): void {
     const initial = this.launchOptions.initial ?? {};
     this._form.textContent = '';
 
@@ -248,27 +248,37 @@ export class LaunchDialog extends Widget {
     this._queue = plainField('queue', 'Queue', document.createElement('select'));
     this._account = plainField('account', 'Account', document.createElement('select'), 'node-hours left shown; default: the beamline’s account');
 
-    // Beamlines and source endpoints are not listed by every server: offer the
-    // ones recent jobs used, and let a person type another.
+    // Beamlines: those the config gives an endpoint, and those recent jobs used;
+    // naming one picks its endpoint as the input's.
     const beamlineInput = document.createElement('input');
     beamlineInput.type = 'text';
     beamlineInput.placeholder = 'optional';
     this._beamline = plainField('beamline', 'Beamline', beamlineInput);
-    this._attachList(beamlineInput, 'rtlib-beamlines', recent.map(j => j.beamline ?? ''));
-
-    let endpointInput: HTMLInputElement | HTMLSelectElement;
-    const scratch = new Set(this._sites.map(s => s.scratch_endpoint));
-    if (endpoints && endpoints.length) {
-      endpointInput = document.createElement('select');
-      const usable = endpoints.filter(e => !scratch.has(e.name));
-      options(endpointInput, (usable.length ? usable : endpoints).map(e => [e.name, e.facility ? `${e.name} (${e.facility})` : e.name]));
-    } else {
-      endpointInput = document.createElement('input');
-      endpointInput.type = 'text';
-      endpointInput.placeholder = 'endpoint, e.g. aps';
-      this._attachList(endpointInput, 'rtlib-endpoints', recent.map(j => j.source_endpoint));
+    const owner = new Map<string, string>();
+    for (const endpoint of endpoints) {
+      for (const beamline of endpoint.beamlines) {
+        owner.set(beamline, endpoint.name);
+      }
     }
+    this._attachList(beamlineInput, 'rtlib-beamlines', [...owner.keys(), ...recent.map(j => j.beamline ?? '')]);
+
+    // The input is on one of the configured endpoints; scratch endpoints are where jobs stage in, not inputs.
+    const endpointInput = document.createElement('select');
+    const usable = endpoints.filter(e => !e.scratch);
+    options(
+      endpointInput,
+      (usable.length ? usable : endpoints).map(e => {
+        const about = [e.facility, e.kind, ...e.beamlines].filter(Boolean);
+        return [e.name, about.length ? `${e.name} (${Array.from(new Set(about)).join(', ')})` : e.name];
+      })
+    );
     this._endpoint = plainField('endpoint', 'Input endpoint', endpointInput);
+    beamlineInput.addEventListener('change', () => {
+      const endpoint = owner.get(beamlineInput.value.trim());
+      if (endpoint) {
+        endpointInput.value = endpoint;
+      }
+    });
     const pathInput = document.createElement('input');
     pathInput.type = 'text';
     pathInput.placeholder = 'path on the endpoint, e.g. raw/scan-001.h5';
@@ -298,6 +308,7 @@ export class LaunchDialog extends Widget {
     }
     if (initial.beamline) {
       beamlineInput.value = initial.beamline;
+      endpointInput.value = owner.get(initial.beamline) ?? endpointInput.value;
     }
     if (initial.input) {
       endpointInput.value = initial.input.endpoint;

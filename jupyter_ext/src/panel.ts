@@ -76,7 +76,8 @@ function formatBytes(bytes: number): string {
 
 /** Where a job is on the happy path, 0..1, counting analysis progress inside RUNNING. */
 export function stageFraction(job: IJob): number {
-  const index = PIPELINE.indexOf(job.state);
+  // HELD waits between STAGED_IN and RUNNING: its inputs are staged
+  const index = PIPELINE.indexOf(job.state === 'HELD' ? 'STAGED_IN' : job.state);
   if (index < 0) {
     return 0;
   }
@@ -277,7 +278,8 @@ export class JobsPanel extends Widget {
         state: this._stateFilter.value || undefined,
         workload: this._workloadFilter.value || undefined,
         beamline: this._beamlineFilter.value || undefined,
-        limit: PAGE
+        limit: PAGE,
+        order: 'newest'
       });
     } catch (error) {
       this._error.textContent = `Could not load jobs: ${(error as Error).message}`;
@@ -287,6 +289,7 @@ export class JobsPanel extends Widget {
     this._error.textContent = '';
     this._jobs = page.jobs;
     this._counts_data = page.counts;
+    this._total = page.total ?? page.jobs.length;
     this._loadedAt = Date.now();
     for (const job of page.jobs) {
       this._remember(job);
@@ -412,6 +415,11 @@ export class JobsPanel extends Widget {
         return chip;
       })
     );
+    if (this._total > this._jobs.length) {
+      const more = el('span', 'rtlib-JobsPanel-shown', `newest ${this._jobs.length} of ${this._total} shown`);
+      more.dataset.total = String(this._total);
+      this._counts.append(more);
+    }
     this._empty.style.display = this._jobs.length ? 'none' : '';
     const rows: HTMLElement[] = [];
     for (const job of this._jobs) {
@@ -471,7 +479,7 @@ export class JobsPanel extends Widget {
         ? `stage ${index + 1} of ${PIPELINE.length}${job.state === 'RUNNING' ? `, analysis ${Math.round((job.progress || 0) * 100)}%` : ''}`
         : job.error ?? job.state;
     state.append(bar);
-    if (job.error && (job.state === 'FAILED' || job.state === 'CANCELLED')) {
+    if (job.error && (job.state === 'FAILED' || job.state === 'CANCELLED' || job.state === 'HELD')) {
       badge.title = job.error;
     }
 
@@ -589,6 +597,7 @@ export class JobsPanel extends Widget {
   private _empty: HTMLElement;
   private _jobs: IJob[] = [];
   private _counts_data: Record<string, number> = {};
+  private _total = 0;
   private _details = new Map<number, IJob>();
   private _expanded = new Set<number>();
   private _seenWorkloads = new Set<string>();
