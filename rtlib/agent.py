@@ -118,6 +118,7 @@ class Agent:
         self.outcomes: queue.Queue[tuple[str, TransferOutcome, int]] = queue.Queue()
         self.pool = ThreadPoolExecutor(max_workers=self.opts.transfers_in_flight, thread_name_prefix="rtlib-transfer")
         self._supports_on_outcome = "on_outcome" in inspect.signature(transfer.transfer_batch).parameters
+        self._lists_by_beamline = "beamline" in inspect.signature(transfer.list_files).parameters
         self._last_heartbeat = 0.0
         self._last_claim = 0.0
         self._last_sync = 0.0
@@ -299,7 +300,8 @@ class Agent:
             sources = list(job.inputs) + workload.extra_inputs(params)
             items = []
             for src in sources:
-                for path, size in self.transfer.list_files(job.source_endpoint, src):
+                by = {"beamline": job.beamline} if self._lists_by_beamline and job.beamline else {}
+                for path, size in self.transfer.list_files(job.source_endpoint, src, **by):
                     dst = layout.staged_input_path(job.id, src, path)
                     items.append(dict(src_endpoint=job.source_endpoint, src_path=path, dst_endpoint=self.scratch, dst_path=dst, size_bytes=size))
             if not items:
@@ -420,7 +422,8 @@ class Agent:
                     return batch
                 q.popleft()
                 self.item_job[it.id] = job_id
-                batch.append(TransferRequest(it.id, it.src_endpoint, it.src_path, it.dst_endpoint, it.dst_path, it.size_bytes))
+                batch.append(TransferRequest(it.id, it.src_endpoint, it.src_path, it.dst_endpoint, it.dst_path, it.size_bytes,
+                                             self.jobs[job_id].beamline))
                 total += it.size_bytes
             if batch and self.jobs[job_id].state == S.STAGING_OUT:
                 return batch  # keep result batches per job so each job finishes as soon as it can

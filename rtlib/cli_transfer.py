@@ -55,6 +55,20 @@ def plan_copy(backend: TransferBackend, source: str, destination: str) -> list[T
     return requests
 
 
+def run_as_beamline(settings: cfg.Settings, backend: TransferBackend, beamline: str, src: str, dst: str) -> None:
+    """Make every Globus call of `backend` run as `beamline`'s identity; refuse at once endpoints it may not use."""
+    from .transfer.globus import GlobusTransferBackend
+    from .transfer.identity import check_allowed_endpoints, identity_for_endpoints
+    from .transfer.routing import RoutingTransferBackend
+
+    if beamline not in settings.beamlines:
+        raise RtlibError(f"unknown beamline {beamline!r}; configured: {', '.join(sorted(settings.beamlines)) or 'none'}")
+    check_allowed_endpoints(settings, beamline, src, dst)
+    globus = backend.globus if isinstance(backend, RoutingTransferBackend) else backend
+    if isinstance(globus, GlobusTransferBackend):
+        globus.identity_for = lambda src, dst, job_beamline=None: identity_for_endpoints(settings, src, dst, beamline=job_beamline or beamline)
+
+
 def _inside(rel: str, top: str) -> str:
     """`rel` relative to the listed directory `top` (whose leading components may be the base_path)."""
     parts = top.split("/") if top else []
@@ -73,6 +87,9 @@ def transfer(
     config: Optional[Path] = _ConfigOpt,
     workspace: Optional[Path] = _WorkspaceOpt,
     as_json: bool = typer.Option(False, "--json", help="print one JSON outcome per file instead of a progress bar"),
+    beamline: Optional[str] = typer.Option(
+        None, "--beamline", help="run as this beamline's service account (on its allowed_endpoints); default: the "
+        "service account of the beamline owning SRC or DST, else your `rtlib login` identity"),
 ) -> None:
     """Copy files between two endpoints now, outside any job: locally, or as one or more Globus tasks."""
     from .transfer.factory import make_transfer_backend
@@ -82,6 +99,8 @@ def transfer(
         cfg.ensure_workspace(settings)
         backend = make_transfer_backend(settings)
         try:
+            if beamline is not None:
+                run_as_beamline(settings, backend, beamline, parse_location(source)[0], parse_location(destination)[0])
             requests = plan_copy(backend, source, destination)
             total = sum(r.size_bytes for r in requests)
             if as_json:

@@ -61,24 +61,33 @@ class ServiceAccount(_Strict):
 class Beamline(_Strict):
     facility: str
     endpoint: str
+    allowed_endpoints: list[str] | None = Field(
+        None,
+        description="endpoints its jobs and its service account may use; default its own `endpoint` plus every site's "
+        "scratch_endpoint (its own endpoint is always allowed)",
+    )
     account: str | None = Field(None, description="project or project::suballocation charged for its jobs")
     service_account: ServiceAccount | None = None
 
 
 class Queue(_Strict):
     name: str
-    max_nodes: int = Field(1, ge=1, description="most batch jobs (one node each) rtlib keeps in this queue at once")
+    max_nodes: int = Field(1, ge=1, description="most nodes rtlib holds in this queue at once, over all accounts (batch jobs x nodes_per_job)")
+    nodes_per_job: int = Field(1, ge=1, description="nodes in each worker batch job; one dask worker runs on each node")
     max_walltime_min: float = Field(60, gt=0)
     preemptable: bool = False
     scheduler_queue: str | None = Field(None, description="the queue/partition name the scheduler knows; default `name`")
     job_walltime_min: float | None = Field(None, gt=0, description="walltime of each worker batch job; default max_walltime_min")
     queued_limit_s: float = Field(600, gt=0, description="a worker batch job still queued after this is cancelled and submitted again")
+    max_stuck_resubmits: int = Field(3, ge=0, description="stuck batch jobs cancelled and resubmitted in a row before the waiting jobs fail")
     extra_directives: list[str] = Field(default_factory=list, description="more #PBS/#SBATCH lines (without the prefix)")
 
     @model_validator(mode="after")
     def _job_walltime_fits(self) -> "Queue":
         if self.job_walltime_min is not None and self.job_walltime_min > self.max_walltime_min:
             raise ValueError(f"job_walltime_min {self.job_walltime_min:g} exceeds max_walltime_min {self.max_walltime_min:g} of queue {self.name!r}")
+        if self.nodes_per_job > self.max_nodes:
+            raise ValueError(f"nodes_per_job {self.nodes_per_job} exceeds max_nodes {self.max_nodes} of queue {self.name!r}: one batch job would not fit")
         return self
 
 
@@ -98,7 +107,7 @@ class QueuePolicy(_Strict):
 
 
 class JobqueueOptions(_Strict):
-    """How dask-jobqueue batch jobs look at a PBS or Slurm site (one node per batch job, one dask worker per node)."""
+    """How dask-jobqueue batch jobs look at a PBS or Slurm site (`nodes_per_job` nodes per batch job, one dask worker per node)."""
 
     system: Literal["generic", "polaris", "aurora"] = Field("generic", description="adds the PBS resource lines these ALCF systems need")
     cores_per_node: int = Field(1, ge=1, description="dask worker threads per node")
@@ -114,6 +123,10 @@ class JobqueueOptions(_Strict):
     lost_worker_timeout_s: float = Field(2, gt=0, description="a vanished worker's batch job is replaced after this")
     submit_retries: int = Field(1, ge=0, description="failed submissions retried before the waiting jobs fail")
     death_timeout_s: float = Field(60, gt=0, description="a worker that cannot reach the agent's scheduler exits after this")
+    node_launcher: str | None = Field(None, description="starts the worker once per node of a multi-node batch job, `{nodes}` filled in; "
+                                      "default `srun --nodes={nodes} --ntasks={nodes} --ntasks-per-node=1` (Slurm), "
+                                      "`mpiexec -n {nodes} --ppn 1` (PBS)")
+    walltime_margin_s: float = Field(60, ge=0, description="a worker leaves (dask --lifetime) this long before its batch job's walltime ends")
 
 
 class Site(_Strict):
@@ -193,6 +206,8 @@ class Settings(_Strict):
         for name, bl in self.beamlines.items():
             check(f"beamlines.{name}.facility", bl.facility, self.facilities, "facility", optional_table=True)
             check(f"beamlines.{name}.endpoint", bl.endpoint, self.endpoints, "endpoint")
+            for i, ep_name in enumerate(bl.allowed_endpoints or []):
+                check(f"beamlines.{name}.allowed_endpoints[{i}]", ep_name, self.endpoints, "endpoint")
             if bl.account is not None and not ACCOUNT_RE.match(bl.account):
                 problems.append(f"beamlines.{name}.account: {bl.account!r} must be 'project' or 'project::suballocation'")
             else:  # an unlisted account would refuse every job of the beamline at submit time (jobs.submit)
@@ -201,6 +216,10 @@ class Settings(_Strict):
             check(f"sites.{name}.scratch_endpoint", site.scratch_endpoint, self.endpoints, "endpoint")
         if problems:
             raise ValueError("\n".join(problems))
+        scratch = sorted({site.scratch_endpoint for site in self.sites.values()})
+        for bl in self.beamlines.values():  # spell out the default, own endpoint first (shown by `rtlib config show`)
+            listed = scratch if bl.allowed_endpoints is None else bl.allowed_endpoints
+            bl.allowed_endpoints = list(dict.fromkeys([bl.endpoint, *listed]))
         return self
 
     @property

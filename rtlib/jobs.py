@@ -26,6 +26,18 @@ def _check_relative(endpoint: str, path: str) -> None:
         raise EndpointError(f"{endpoint}:{path}: '..' is not allowed; give a path inside the endpoint's root")
 
 
+def _check_beamline_endpoints(settings: Settings, beamline: str, *, source: str, destination: str, scratch: str, site: str) -> None:
+    """Refuse a job that would move data through an endpoint its beamline (and service account) may not use."""
+    allowed = settings.beamlines[beamline].allowed_endpoints or []
+    for role, name in (("source", source), ("destination", destination), (f"site {site!r} scratch", scratch)):
+        if name not in allowed:
+            raise ConfigError(
+                f"beamline {beamline!r} may not use endpoint {name!r} (the job's {role} endpoint); it may use: "
+                f"{', '.join(allowed)}. Use one of those, or add {name!r} to beamlines.{beamline}.allowed_endpoints "
+                "in the site config"
+            )
+
+
 def submit(
     store: JobStore,
     settings: Settings,
@@ -59,6 +71,8 @@ def submit(
         if beamline not in settings.beamlines:
             raise ConfigError(f"unknown beamline {beamline!r}; configured: {', '.join(sorted(settings.beamlines)) or 'none'}")
         account = account or settings.beamlines[beamline].account
+        _check_beamline_endpoints(settings, beamline, source=source_endpoint, destination=dest_endpoint,
+                                  scratch=site_cfg.scratch_endpoint, site=site)
     if account is not None and settings.accounts and account not in settings.accounts:
         raise ConfigError(f"unknown account {account!r}; configured: {', '.join(sorted(settings.accounts))}")
     if not inputs:

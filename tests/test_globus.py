@@ -200,14 +200,29 @@ def test_partial_failure_maps_each_file_to_its_own_outcome(mocked, identity):
     assert not odd.ok and not odd.permanent and "gave up after 2 Globus task(s)" in odd.error and "task-p2" in odd.error
 
 
-def test_consent_required_names_the_scopes_and_the_command(mocked, identity):
+@pytest.mark.parametrize("requested", [False, True], ids=["scope-not-requested", "scope-requested"])
+def test_consent_required_names_the_scopes_and_what_to_do(mocked, tmp_path, monkeypatch, requested):
+    monkeypatch.setenv("RTLIB_TEST_GLOBUS_SECRET", SECRET)
+    account = cfg.ServiceAccount(client_id=CLIENT_ID, secret_env="RTLIB_TEST_GLOBUS_SECRET")
+    ident = ServiceAccountIdentity("8id", account, token_cache=TokenCache(tmp_path / "tokens.json"),
+                                   data_access=[DST_COLL] if requested else [],
+                                   collection_names={SRC_COLL: "aps", DST_COLL: "alcf"}, own_endpoint="aps")
     add_token("tok-1")
     add_submission_id()
     scope = f"urn:globus:auth:scope:transfer.api.globus.org:all[*https://auth.globus.org/scopes/{DST_COLL}/data_access]"
     add_error("POST", "/v0.10/transfer", 403, "ConsentRequired", "Missing required data_access consent", required_scopes=[scope])
-    [out] = make_backend(identity).transfer_batch([req(1, "a")])
+    [out] = make_backend(ident).transfer_batch([req(1, "a")])
     assert not out.ok and out.permanent
-    assert scope in out.error and "data_access = true" in out.error and CLIENT_ID in out.error
+    assert f"consent to the scope(s) {scope}. To consent: " in out.error and CLIENT_ID in out.error
+    if requested:  # the client already asks for it: only the collection's administrator can let it in
+        assert "set `data_access = true`" not in out.error
+        assert f"let the client identity {CLIENT_ID}@clients.auth.globus.org use the collection" in out.error
+        assert f"alcf ({DST_COLL})" in out.error
+    else:  # the exact config key that makes the next token carry the scope
+        assert f"set `data_access = true` under [endpoints.alcf] (collection {DST_COLL}) in the site config" in out.error
+    # and the command that re-checks, then the one that restarts the jobs
+    assert "re-check with `rtlib transfer --beamline 8id aps:PATH alcf:DIR/`" in out.error and "`rtlib retry JOB_ID`" in out.error
+    assert f"(file aps:{src('a')} -> alcf:{dst('a')})" in out.error
 
 
 def test_path_not_found_and_permission_denied_fail_with_path_and_identity(mocked, identity):
@@ -326,16 +341,39 @@ def test_tasks_in_flight_are_bounded(mocked, identity):
     assert polls_of_first and max(polls_of_first) < submits[1]
 
 
-def test_list_files_walks_a_directory(mocked, identity):
+def _ls_page(path: str, entries: list[tuple[str, str, int]], *, offset: int, limit: int, total: int) -> None:
+    RegisteredResponse(service="transfer", path=f"/v0.10/operation/endpoint/{SRC_COLL}/ls",
+                       json={"DATA_TYPE": "file_list", "path": path, "offset": offset, "limit": limit, "total": total,
+                             "length": len(entries), "DATA": [{"DATA_TYPE": "file", "name": n, "type": t, "size": sz}
+                                                              for n, t, sz in entries]}).add()
+
+
+def test_list_files_walks_a_directory_following_every_page(mocked, identity):
+    from urllib.parse import parse_qs, urlparse
+
     add_token("tok-1")
     RegisteredResponse(service="transfer", path=f"/v0.10/operation/endpoint/{SRC_COLL}/stat",
                        json={"DATA_TYPE": "file", "name": "scan", "type": "dir", "size": 4096}).add()
-    RegisteredResponse(service="transfer", path=f"/v0.10/operation/endpoint/{SRC_COLL}/ls",
-                       json={"DATA_TYPE": "file_list", "path": src(""), "DATA": [
-                           {"DATA_TYPE": "file", "name": "a.h5", "type": "file", "size": 878_000_000},
-                           {"DATA_TYPE": "file", "name": "b.h5", "type": "file", "size": 5},
-                       ]}).add()
-    assert make_backend(identity).list_files("aps", "scan") == [("scan/a.h5", 878_000_000), ("scan/b.h5", 5)]
+    # three entries in scan/, two per page; then the sub-directory, which fits in one page
+    _ls_page(src(""), [("a.h5", "file", 878_000_000), ("sub", "dir", 4096)], offset=0, limit=2, total=3)
+    _ls_page(src(""), [("b.h5", "file", 5)], offset=2, limit=2, total=3)
+    _ls_page(src("sub"), [("c.h5", "file", 7)], offset=0, limit=2, total=1)
+    files = make_backend(identity, ls_page_size=2).list_files("aps", "scan")
+    assert files == [("scan/a.h5", 878_000_000), ("scan/b.h5", 5), ("scan/sub/c.h5", 7)]
+    asked = [parse_qs(urlparse(c.request.url).query) for c in calls("GET", "/ls")]
+    assert [(q["path"][0], q["offset"][0], q["limit"][0]) for q in asked] == [
+        ("/data/8id/scan", "0", "2"), ("/data/8id/scan", "2", "2"), ("/data/8id/scan/sub", "0", "2")]
+
+
+def test_a_listing_page_that_repeats_itself_ends_the_walk(mocked, identity):
+    add_token("tok-1")
+    RegisteredResponse(service="transfer", path=f"/v0.10/operation/endpoint/{SRC_COLL}/stat",
+                       json={"DATA_TYPE": "file", "name": "scan", "type": "dir", "size": 4096}).add()
+    # a server that ignores the offset (and gives no total) must not make the walk loop forever
+    for _ in range(2):
+        _ls_page(src(""), [("a.h5", "file", 1), ("b.h5", "file", 2)], offset=0, limit=2, total=None)
+    assert make_backend(identity, ls_page_size=2).list_files("aps", "scan") == [("scan/a.h5", 1), ("scan/b.h5", 2)]
+    assert len(calls("GET", "/ls")) == 2
 
 
 def test_the_secret_appears_in_no_log_record_outcome_or_token_file(mocked, identity, caplog, tmp_path):
@@ -391,3 +429,44 @@ def test_router_refuses_a_local_directory_paired_with_a_globus_only_endpoint(tmp
     out = backend.transfer_batch([TransferRequest(1, "aps", "f", "alcf", "g", 1), TransferRequest(2, "aps", "f", "remote", "g", 1)])
     assert out[0].ok and (tmp_path / "endpoints/alcf/g").read_bytes() == b"1"
     assert not out[1].ok and out[1].permanent and "Globus cannot reach" in out[1].error
+
+
+def test_requests_of_two_beamlines_run_as_their_own_accounts_in_separate_tasks(mocked, tmp_path, monkeypatch):
+    from dataclasses import dataclass
+
+    @dataclass(frozen=True)
+    class JobRequest(TransferRequest):  # a request carrying its job's beamline
+        beamline: str | None = None
+
+    monkeypatch.setenv("RTLIB_TEST_GLOBUS_SECRET", SECRET)
+    other = "0d1e2f3a-4b5c-4d6e-8f70-8192a3b4c5d6"
+    idents = {bl: ServiceAccountIdentity(bl, cfg.ServiceAccount(client_id=cid, secret_env="RTLIB_TEST_GLOBUS_SECRET"),
+                                         token_cache=None) for bl, cid in (("8id", CLIENT_ID), ("9id", other))}
+    asked = []
+
+    def identity_for(src_ep, dst_ep, beamline=None):
+        asked.append((src_ep, dst_ep, beamline))
+        return idents[beamline]
+
+    add_token("tok-8id")
+    add_token("tok-9id")
+    add_submission_id()
+    add_submit("task-8")
+    add_submit("task-9")
+    add_task("task-8", "SUCCEEDED")
+    add_task("task-9", "SUCCEEDED")
+    add_results("task-8", [(src("a"), dst("a")), (src("c"), dst("c"))])
+    add_results("task-9", [(src("b"), dst("b"))])
+    backend = GlobusTransferBackend(
+        {"aps": GlobusEndpoint("aps", SRC_COLL, "/data/8id"), "alcf": GlobusEndpoint("alcf", DST_COLL, "/eagle/rtlib")},
+        identity_for, poll_initial_s=0.001, poll_max_s=0.002, retry_config=RetryConfig(max_retries=0))
+    reqs = [JobRequest(i, "aps", f"scan/{n}", "alcf", f"jobs/1/in/{n}", 10, beamline=bl)
+            for i, (n, bl) in enumerate((("a", "8id"), ("b", "9id"), ("c", "8id")))]
+    out = backend.transfer_batch(reqs)
+    assert [o.ok for o in out] == [True, True, True]
+    assert asked == [("aps", "alcf", "8id"), ("aps", "alcf", "9id")]  # one client per (pair, beamline)
+    submits = calls("POST", "/v0.10/transfer")
+    by_token = {c.request.headers["Authorization"]: [d["source_path"] for d in json.loads(c.request.body)["DATA"]] for c in submits}
+    assert by_token == {"Bearer tok-8id": [src("a"), src("c")], "Bearer tok-9id": [src("b")]}
+    grants = [c.request.headers["Authorization"] for c in calls("POST", "/v2/oauth2/token")]
+    assert grants == [f"Basic {b64encode(f'{cid}:{SECRET}'.encode()).decode()}" for cid in (CLIENT_ID, other)]

@@ -131,3 +131,106 @@ def test_redacted_config_hides_an_inline_secret(tmp_path):
     settings = cfg.validate(raw)
     assert "inline-s3cret" not in repr(settings) and "inline-s3cret" not in str(cfg.redacted(settings))
     assert read_client_secret(settings.beamlines["aps-demo"].service_account, beamline="aps-demo") == "inline-s3cret"
+
+
+# -- beamline -> service account -> allowed endpoints -> suballocation ----------------------
+def _shared(tmp_path, **bl9):
+    """Two APS beamlines on one collection, each with its own service account and suballocation."""
+    raw = cfg.default_config(tmp_path)
+    raw["endpoints"]["aps"] = {"kind": "globus", "collection_id": "6c54cade-bde5-45c1-bdea-f4bd71dba2cc"}
+    raw["endpoints"]["alcf"] = {"kind": "globus", "collection_id": COLL, "data_access": True, "root": str(tmp_path / "alcf")}
+    raw["beamlines"]["aps-demo"]["service_account"] = {"client_id": CLIENT_ID, "secret_env": "X"}
+    raw["beamlines"]["aps-9id"] = {"facility": "aps", "endpoint": "aps", "account": "rtlib::aps",
+                                   "service_account": {"client_id": OTHER_ID, "secret_env": "Y"}, **bl9}
+    return cfg.validate(raw)
+
+
+OTHER_ID = "0d1e2f3a-4b5c-4d6e-8f70-8192a3b4c5d6"
+
+
+def test_allowed_endpoints_default_to_the_own_endpoint_and_the_site_scratch(tmp_path):
+    settings = cfg.validate(cfg.default_config(tmp_path))
+    assert {n: bl.allowed_endpoints for n, bl in settings.beamlines.items()} == {
+        "aps-demo": ["aps", "alcf"], "als-demo": ["als", "alcf"], "nsls2-demo": ["nsls2", "alcf"]}
+    # an explicit list: the own endpoint is always allowed (and listed first); the scratch is not added
+    assert _shared(tmp_path, allowed_endpoints=["als"]).beamlines["aps-9id"].allowed_endpoints == ["aps", "als"]
+    shown = cfg.redacted(settings)  # what `rtlib config show` prints
+    assert shown["beamlines"]["aps-demo"]["allowed_endpoints"] == ["aps", "alcf"]
+
+
+def test_an_unknown_allowed_endpoint_is_one_config_error_naming_the_key(tmp_path):
+    raw = cfg.default_config(tmp_path)
+    raw["beamlines"]["aps-demo"]["allowed_endpoints"] = ["alcf", "alfc"]
+    with pytest.raises(cfg.ConfigError) as err:
+        cfg.validate(raw, source="site.toml")
+    msg = str(err.value)
+    assert "site.toml: beamlines.aps-demo.allowed_endpoints[1]: unknown endpoint 'alfc'; known: alcf, als, aps, nsls2" in msg
+    assert msg.count("unknown endpoint") == 1
+
+
+def test_submit_refuses_an_endpoint_the_beamline_may_not_use(tmp_path):
+    from rtlib import jobs as jobops
+    from rtlib.store import JobStore
+
+    settings = cfg.validate(cfg.default_config(tmp_path))
+    store = JobStore(f"sqlite:///{tmp_path / 'jobs.db'}")
+    try:
+        with pytest.raises(cfg.ConfigError) as err:  # another beamline's data
+            jobops.submit(store, settings, "noop", source_endpoint="als", inputs=["raw/x.h5"], beamline="aps-demo")
+        assert str(err.value) == (
+            "beamline 'aps-demo' may not use endpoint 'als' (the job's source endpoint); it may use: aps, alcf. "
+            "Use one of those, or add 'als' to beamlines.aps-demo.allowed_endpoints in the site config")
+        with pytest.raises(cfg.ConfigError, match="endpoint 'nsls2' \\(the job's destination endpoint\\).*beamlines.aps-demo.allowed_endpoints"):
+            jobops.submit(store, settings, "noop", source_endpoint="aps", dest_endpoint="nsls2", inputs=["raw/x.h5"], beamline="aps-demo")
+        assert store.list_jobs() == []  # nothing was recorded
+        # without a beamline, or on its allowed endpoints, the job is accepted; its suballocation is charged
+        jid = jobops.submit(store, settings, "noop", source_endpoint="aps", inputs=["raw/x.h5"], beamline="aps-demo")
+        assert store.get_job(jid).account == "rtlib::aps"
+        jobops.submit(store, settings, "noop", source_endpoint="als", inputs=["raw/x.h5"])
+        # allowing it in the config lets the same job in
+        raw = cfg.default_config(tmp_path)
+        raw["beamlines"]["aps-demo"]["allowed_endpoints"] = ["alcf", "als"]
+        jobops.submit(store, cfg.validate(raw), "noop", source_endpoint="als", inputs=["raw/x.h5"], beamline="aps-demo")
+        assert len(store.list_jobs()) == 3
+    finally:
+        store.close() if hasattr(store, "close") else None
+
+
+def test_submit_refuses_a_site_scratch_the_beamline_may_not_use(tmp_path):
+    from rtlib import jobs as jobops
+    from rtlib.store import JobStore
+
+    raw = cfg.default_config(tmp_path)
+    raw["beamlines"]["aps-demo"]["allowed_endpoints"] = []  # its own endpoint only
+    store = JobStore(f"sqlite:///{tmp_path / 'jobs.db'}")
+    try:
+        with pytest.raises(cfg.ConfigError, match="may not use endpoint 'alcf' \\(the job's site 'local' scratch endpoint\\)"):
+            jobops.submit(store, cfg.validate(raw), "noop", source_endpoint="aps", inputs=["raw/x.h5"], beamline="aps-demo")
+    finally:
+        store.close() if hasattr(store, "close") else None
+
+
+def test_the_identity_is_the_job_beamline_service_account(tmp_path):
+    settings = _shared(tmp_path)
+    # two beamlines own the aps collection: the job's beamline decides, never the alphabetical first
+    for beamline, client in (("aps-demo", CLIENT_ID), ("aps-9id", OTHER_ID)):
+        ident = identity_for_endpoints(settings, "aps", "alcf", beamline=beamline)
+        assert isinstance(ident, ServiceAccountIdentity) and (ident.beamline, ident.client_id) == (beamline, client)
+        assert ident.data_access == [COLL] and ident.collection_names[COLL] == "alcf" and ident.own_endpoint == "aps"
+    # with no beamline, the endpoint rule refuses to guess between them
+    with pytest.raises(RtlibError, match="'aps-9id', 'aps-demo'.*give the job a beamline, or pass --beamline"):
+        identity_for_endpoints(settings, "aps", "alcf")
+    # the service account is used on its beamline's allowed endpoints only
+    with pytest.raises(RtlibError, match="beamline 'aps-demo' .* may not use endpoint 'als'.*beamlines.aps-demo.allowed_endpoints"):
+        identity_for_endpoints(settings, "aps", "als", beamline="aps-demo")
+    with pytest.raises(RtlibError, match="unknown beamline 'aps-8id'"):
+        identity_for_endpoints(settings, "aps", "alcf", beamline="aps-8id")
+
+
+def test_a_beamline_without_a_service_account_runs_as_the_logged_in_user(tmp_path):
+    settings = _settings(tmp_path)
+    with pytest.raises(RtlibError, match=r"no Globus identity for beamline 'als-demo': give it a \[beamlines.als-demo.service_account\]"):
+        identity_for_endpoints(settings, "als", "alcf", beamline="als-demo")
+    user = identity_for_endpoints(_settings(tmp_path, native_client_id="native-id"), "als", "alcf", beamline="als-demo")
+    assert isinstance(user, UserIdentity) and user.client_id == "native-id"
+    assert "`rtlib login --force --scope 's1'`" in user.consent_steps(["s1"]) and "rtlib retry JOB_ID" in user.consent_steps(["s1"])

@@ -21,6 +21,7 @@ class TransferRequest:
     dst_endpoint: str
     dst_path: str  # relative to the endpoint root
     size_bytes: int = 0
+    beamline: str | None = None  # the job's beamline: whose service account moves the file (Globus)
 
 
 @dataclass(frozen=True)

@@ -63,4 +63,4 @@ def make_globus_backend(settings: Settings, **overrides) -> GlobusTransferBacken
         network_retries=g.network_retries,
     )
     opts.update(overrides)
-    return GlobusTransferBackend(endpoints, lambda src, dst: identity_for_endpoints(settings, src, dst), **opts)
+    return GlobusTransferBackend(endpoints, lambda src, dst, beamline=None: identity_for_endpoints(settings, src, dst, beamline), **opts)

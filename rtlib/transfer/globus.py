@@ -72,6 +72,7 @@ class _Task:
     last_progress: float = 0.0
     poll_failures: int = 0
     done: bool = False
+    beamline: str | None = None  # whose service account the task runs as (None: the endpoint rule)
 
 
 class _ApiTrouble(Exception):
@@ -85,10 +86,11 @@ class _ApiTrouble(Exception):
 class GlobusTransferBackend(TransferBackend):
     """Transfers between Globus collections.
 
-    endpoints: rtlib endpoint name -> GlobusEndpoint. identity_for(src, dst): the identity a
-    transfer between two endpoint names runs as (see identity.py): it has `transfer_client()`,
-    `description` and `login_command(scopes)`. retry_config: passed to each TransferClient
-    (globus-sdk's own retries, below ours).
+    endpoints: rtlib endpoint name -> GlobusEndpoint. identity_for(src, dst[, beamline]): the identity a
+    transfer between two endpoint names runs as (see identity.py), called with the beamline of the
+    requests when they carry one (a job's beamline): it has `transfer_client()`, `description` and
+    `consent_steps(scopes)` (or `login_command(scopes)`). Requests of different beamlines never share
+    a task. retry_config: passed to each TransferClient (globus-sdk's own retries, below ours).
     """
 
     def __init__(
@@ -108,11 +110,14 @@ class GlobusTransferBackend(TransferBackend):
         max_backoff_s: float = 60.0,
         retry_config=None,
         label: str = "rtlib",
+        ls_page_size: int = 100_000,
     ):
+        if ls_page_size < 1:
+            raise ValueError("need ls_page_size >= 1 (entries per directory listing page)")
         if tasks_in_flight < 1 or poll_initial_s <= 0 or poll_max_s <= 0 or stall_limit_s <= 0 or task_retries < 0 or network_retries < 0:
             raise ValueError("need tasks_in_flight >= 1, positive poll and stall limits, task_retries >= 0 and network_retries >= 0")
         self.endpoints = dict(endpoints)
-        self._identity_for = identity_for
+        self.identity_for = identity_for  # public: a caller may choose who its transfers run as
         self.batch_bytes, self.batch_max_items = batch_bytes, batch_max_items
         self.tasks_in_flight = tasks_in_flight
         self.poll_initial_s, self.poll_max_s, self.stall_limit_s = poll_initial_s, poll_max_s, stall_limit_s
@@ -120,9 +125,10 @@ class GlobusTransferBackend(TransferBackend):
         self.backoff_s, self.max_backoff_s = backoff_s, max_backoff_s
         self.retry_config = retry_config
         self.label = label
+        self.ls_page_size = ls_page_size  # entries per operation_ls page (Globus allows at most 100,000)
         self._slots = threading.BoundedSemaphore(tasks_in_flight)
-        self._clients: dict[tuple[str, str], tuple[Any, Any]] = {}
-        self._task_pairs: dict[str, tuple[str, str]] = {}
+        self._clients: dict[tuple[str, str, str | None], tuple[Any, Any]] = {}
+        self._task_pairs: dict[str, tuple[str, str, str | None]] = {}
         self._lock = threading.Lock()
         self._jitter = random.Random()
 
@@ -156,16 +162,17 @@ class GlobusTransferBackend(TransferBackend):
         rel = posixpath.relpath(full, self._base(self._endpoint(endpoint)))
         return "" if rel == "." else rel
 
-    def _client(self, src: str, dst: str) -> tuple[Any, Any]:
-        """The TransferClient and identity for a pair; a refused token grant raises _ApiTrouble with the reason."""
+    def _client(self, src: str, dst: str, beamline: str | None = None) -> tuple[Any, Any]:
+        """The TransferClient and identity for a pair (and beamline); a refused token grant raises _ApiTrouble with the reason."""
+        key = (src, dst, beamline)
         with self._lock:
-            if (src, dst) not in self._clients:
-                identity = self._identity_for(src, dst)
+            if key not in self._clients:
+                identity = self.identity_for(src, dst) if beamline is None else self.identity_for(src, dst, beamline)
                 # a confidential client's authorizer asks Globus Auth for a token as it is built
                 client = self._call(f"obtain an access token for {src} -> {dst}", identity,
                                     lambda: identity.transfer_client(retry_config=self.retry_config))
-                self._clients[(src, dst)] = (client, identity)
-            return self._clients[(src, dst)]
+                self._clients[key] = (client, identity)
+            return self._clients[key]
 
     # -- calling the API ---------------------------------------------------------------------
     def _backoff(self, attempt: int) -> float:
@@ -210,11 +217,12 @@ class GlobusTransferBackend(TransferBackend):
         if err.info.consent_required or code == "ConsentRequired":
             scopes = list(err.info.consent_required.required_scopes or [])
             listed = " ".join(scopes) or "(Globus did not list them)"
-            return TransferError(
-                f"Globus needs consent before {who} can {what}: consent to the scope(s) {listed}; "
-                f"then retry. To consent: {identity.login_command(scopes) if identity is not None else 'rtlib login --force'}",
-                permanent=True,
-            )
+            if hasattr(identity, "consent_steps"):
+                steps = identity.consent_steps(scopes)
+            else:
+                steps = f"run `{identity.login_command(scopes) if identity is not None else 'rtlib login --force'}`, then retry"
+            return TransferError(f"Globus needs consent before {who} can {what}: consent to the scope(s) {listed}. To consent: {steps}",
+                                 permanent=True)
         if status == 401:
             return TransferError(
                 f"Globus rejected the access token of {who} while trying to {what}, even after re-authenticating once "
@@ -228,17 +236,21 @@ class GlobusTransferBackend(TransferBackend):
                 permanent=True,
             )
         if status == 404 or "NotFound" in code:
-            return TransferError(f"not found while trying to {what} ({detail}); check the collection id and the path", permanent=True)
+            return TransferError(
+                f"not found while trying to {what} ({detail}); check the endpoint's collection_id in the site config "
+                "(the collection may have been deleted or renamed) and the path",
+                permanent=True,
+            )
         if status is not None and (status >= 500 or status == 429):
             return TransferError(f"Globus answered {status} while trying to {what} ({detail})", permanent=False)
         return TransferError(f"Globus refused to {what} ({detail})", permanent=True)
 
     # -- listing ----------------------------------------------------------------------------------
-    def list_files(self, endpoint: str, path: str) -> list[tuple[str, int]]:
+    def list_files(self, endpoint: str, path: str, *, beamline: str | None = None) -> list[tuple[str, int]]:
         full = self.globus_path(endpoint, path)
         coll = self._endpoint(endpoint).collection_id
         try:
-            client, identity = self._client(endpoint, endpoint)
+            client, identity = self._client(endpoint, endpoint, beamline)
             st = self._call(f"look at {endpoint}:{full}", identity, lambda: client.operation_stat(coll, path=full))
         except _ApiTrouble as t:
             if "not found" in str(t.error) and t.error.permanent:
@@ -250,17 +262,35 @@ class GlobusTransferBackend(TransferBackend):
         todo = deque([full])
         while todo:
             directory = todo.popleft()
-            try:
-                listing = self._call(f"list {endpoint}:{directory}", identity, lambda: client.operation_ls(coll, path=directory))
-            except _ApiTrouble as t:
-                raise t.error from None
-            for entry in listing:
+            for entry in self._list_directory(client, identity, endpoint, coll, directory):
                 child = posixpath.join(directory, entry["name"])
                 if entry.get("type") == "dir":
                     todo.append(child)
                 elif entry.get("type") == "file":
                     found.append((self._relative(endpoint, child), int(entry.get("size") or 0)))
         return sorted(found)
+
+    def _list_directory(self, client, identity, endpoint: str, coll: str, directory: str) -> list[dict]:
+        """Every entry of one directory, page by page (limit/offset), however many pages it takes."""
+        entries: list[dict] = []
+        seen: set[str] = set()
+        offset = 0
+        while True:
+            try:
+                page = self._call(
+                    f"list {endpoint}:{directory}", identity,
+                    lambda: client.operation_ls(coll, path=directory, orderby="name", limit=self.ls_page_size, offset=offset),
+                )
+            except _ApiTrouble as t:
+                raise t.error from None
+            new = [e for e in page if e.get("name") not in seen]
+            entries += new
+            seen.update(e.get("name") for e in new)
+            offset += len(page["DATA"])
+            total = page.get("total")
+            full_page = len(page["DATA"]) >= self.ls_page_size
+            if not new or not full_page or (total is not None and offset >= int(total)):
+                return entries
 
     # -- transferring ---------------------------------------------------------------------------
     def transfer_batch(
@@ -285,9 +315,9 @@ class GlobusTransferBackend(TransferBackend):
                 finish(TransferOutcome(req.item_id, False, attempts=0, error=str(err), permanent=True))
         plan = plan_batches(
             items, lambda it: it.request.size_bytes, max_bytes=self.batch_bytes, max_items=self.batch_max_items,
-            key=lambda it: (it.request.src_endpoint, it.request.dst_endpoint),
+            key=lambda it: (it.request.src_endpoint, it.request.dst_endpoint, getattr(it.request, "beamline", None)),
         )
-        waiting = deque(_Task(b.key[0], b.key[1], b.items) for b in plan)
+        waiting = deque(_Task(b.key[0], b.key[1], b.items, beamline=b.key[2]) for b in plan)
         running: list[_Task] = []
         try:
             while waiting or running:
@@ -322,7 +352,7 @@ class GlobusTransferBackend(TransferBackend):
         src, dst = self._endpoint(task.src), self._endpoint(task.dst)
         where = f"copy {len(task.items)} file(s) from {task.src} ({src.collection_id}) to {task.dst} ({dst.collection_id})"
         try:
-            client, identity = self._client(task.src, task.dst)
+            client, identity = self._client(task.src, task.dst, task.beamline)
             # one submission id per task: a resubmission after a lost answer is recognized by Globus, not duplicated
             submission_id = self._call(where, identity, lambda: client.get_submission_id()["value"])
             data = globus_sdk.TransferData(
@@ -343,7 +373,7 @@ class GlobusTransferBackend(TransferBackend):
         task.task_id = response["task_id"]
         task.submissions += 1
         with self._lock:
-            self._task_pairs[task.task_id] = (task.src, task.dst)
+            self._task_pairs[task.task_id] = (task.src, task.dst, task.beamline)
         now = time.monotonic()
         task.interval = self.poll_initial_s
         task.next_poll = now + task.interval
@@ -354,7 +384,7 @@ class GlobusTransferBackend(TransferBackend):
 
     def _poll(self, task: _Task, progress: ProgressCallback | None, finish) -> _Task | None:
         """Look at a running task once; settle it if it ended or stalled. Returns a task to resubmit, if any."""
-        client, identity = self._client(task.src, task.dst)
+        client, identity = self._client(task.src, task.dst, task.beamline)
         now = time.monotonic()
         try:
             doc = self._call(f"check Globus task {task.task_id}", identity, lambda: client.get_task(task.task_id), retries=0)
@@ -391,7 +421,7 @@ class GlobusTransferBackend(TransferBackend):
 
     def _settle(self, task: _Task, finish, *, reason: str | None) -> _Task | None:
         """Give each file of an ended (or cancelled) task its outcome; return the rest as a new task to submit, if allowed."""
-        client, identity = self._client(task.src, task.dst)
+        client, identity = self._client(task.src, task.dst, task.beamline)
         task.done = True
         try:
             succeeded = {(d["source_path"], d["destination_path"]) for d in self._all(
@@ -422,10 +452,10 @@ class GlobusTransferBackend(TransferBackend):
         if why.permanent or task.submissions > self.task_retries:
             if not why.permanent:
                 why = TransferError(f"gave up after {task.submissions} Globus task(s): {why}; check both collections, then retry the job", permanent=False)
-            self._fail_items(_Task(task.src, task.dst, rest, task.submissions), why, finish)
+            self._fail_items(_Task(task.src, task.dst, rest, task.submissions, beamline=task.beamline), why, finish)
             return None
         log.warning("%s; resubmitting %d file(s) (task %d of %d)", why, len(rest), task.submissions + 1, self.task_retries + 1)
-        return _Task(task.src, task.dst, rest, task.submissions)
+        return _Task(task.src, task.dst, rest, task.submissions, beamline=task.beamline)
 
     def _explain_events(self, task: _Task, client, identity, reason: str) -> TransferError:
         """`reason`, plus the most recent error event of the task; permanent when that error cannot go away."""
@@ -449,8 +479,10 @@ class GlobusTransferBackend(TransferBackend):
     @staticmethod
     def _fail_items(task: _Task, error: TransferError, finish) -> None:
         task.done = True
-        for it in task.items:
-            finish(TransferOutcome(it.request.item_id, False, attempts=max(1, task.submissions), error=str(error), permanent=error.permanent))
+        for it in task.items:  # each file's own error names it: a job's error then says which of its files
+            where = f"{it.request.src_endpoint}:{it.src_path} -> {it.request.dst_endpoint}:{it.dst_path}"
+            finish(TransferOutcome(it.request.item_id, False, attempts=max(1, task.submissions), error=f"{error} (file {where})",
+                                   permanent=error.permanent))
 
     # -- control ----------------------------------------------------------------------------------
     def cancel(self, task_id: str | None) -> bool:
@@ -458,7 +490,7 @@ class GlobusTransferBackend(TransferBackend):
         if task_id is None:
             return False
         with self._lock:
-            pair = self._task_pairs.get(task_id)
+            pair = self._task_pairs.get(task_id)  # (src, dst, beamline)
         if pair is None:
             raise EndpointError(f"Globus task {task_id} was not submitted by this backend")
         try:

@@ -11,6 +11,11 @@ the request fails with the API's 401.
 
 Scientists log in as themselves with the native-app flow (``rtlib login``);
 their tokens live in globus-sdk's JSON token storage.
+
+A transfer runs as the service account of the beamline it names (a job's
+beamline), on that beamline's ``allowed_endpoints`` only; with no beamline,
+as the one beamline owning an endpoint of the transfer (never a guess
+between several), else as the logged-in scientist.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import stat
 import threading
 import time
@@ -30,6 +36,7 @@ from ..errors import ConfigError, RtlibError
 log = logging.getLogger(__name__)
 
 TRANSFER_RESOURCE_SERVER = "transfer.api.globus.org"
+_DATA_ACCESS_RE = re.compile(r"https://auth\.globus\.org/scopes/([0-9A-Fa-f-]{36})/data_access")
 TOKEN_FILE_NAME = "globus-tokens.json"
 USER_TOKEN_FILE_NAME = "globus-user-tokens.json"
 
@@ -85,6 +92,11 @@ def transfer_scope(data_access_collections: Iterable[str] = ()):
 
     deps = [GCSCollectionScopes(c).data_access for c in sorted(set(data_access_collections))]
     return TransferScopes.all.with_dependencies(deps) if deps else TransferScopes.all
+
+
+def collections_in_scopes(scopes: Iterable[str]) -> list[str]:
+    """The collection ids whose data_access scope appears in `scopes` (as Globus lists them in a consent error)."""
+    return sorted(set(_DATA_ACCESS_RE.findall(" ".join(scopes))))
 
 
 def data_access_collections(settings: Settings, endpoints: Iterable[str] | None = None) -> list[str]:
@@ -150,12 +162,24 @@ class TokenCache:
 class ServiceAccountIdentity:
     """A beamline's confidential client; builds TransferClients that renew their own tokens."""
 
-    def __init__(self, beamline: str, account: ServiceAccount, *, token_cache: TokenCache | None, data_access: Iterable[str] = ()):
+    def __init__(
+        self,
+        beamline: str,
+        account: ServiceAccount,
+        *,
+        token_cache: TokenCache | None,
+        data_access: Iterable[str] = (),
+        collection_names: dict[str, str] | None = None,
+        own_endpoint: str | None = None,
+    ):
         self.beamline = beamline
         self.client_id = account.client_id
         self._account = account
         self.token_cache = token_cache
-        self.scope = str(transfer_scope(data_access))
+        self.data_access = sorted(set(data_access))
+        self.scope = str(transfer_scope(self.data_access))
+        self.collection_names = dict(collection_names or {})  # collection id -> rtlib endpoint name, for messages
+        self.own_endpoint = own_endpoint
 
     @property
     def description(self) -> str:
@@ -193,11 +217,38 @@ class ServiceAccountIdentity:
         return globus_sdk.TransferClient(authorizer=self.authorizer(), app_name="rtlib", retry_config=retry_config)
 
     def login_command(self, scopes: Iterable[str]) -> str:
-        return (
-            f"give client {self.client_id} access: mark mapped collections with `data_access = true` under their "
-            "[endpoints.<name>] so the service account requests those scopes, and ask the collection's administrator "
-            "to allow the client identity"
+        return self.consent_steps(scopes)
+
+    def consent_steps(self, scopes: Iterable[str]) -> str:
+        """What to do so this confidential client holds `scopes`: it cannot consent in a browser, it consents by asking.
+
+        A client-credentials grant consents to every scope the client requests, so a missing data_access
+        consent means the config does not make it request that collection's scope (set `data_access = true`),
+        or it already does and the collection does not let the client identity in (its administrator's step).
+        """
+        wanted = collections_in_scopes(scopes)
+        steps = []
+        for cid in (c for c in wanted if c not in self.data_access):
+            name = self.collection_names.get(cid, "<name>")
+            steps.append(
+                f"set `data_access = true` under [endpoints.{name}] (collection {cid}) in the site config, so the "
+                "service account requests that scope with its next token"
+            )
+        granted = [c for c in wanted if c in self.data_access]
+        if granted or not wanted:
+            colls = ", ".join(f"{self.collection_names.get(c, c)} ({c})" for c in granted) or "the collections involved"
+            steps.append(
+                f"the service account already requests {'that scope' if granted else 'its scopes'}; ask the administrator "
+                f"of {colls} to let the client identity {self.client_id}@clients.auth.globus.org use the collection "
+                "(a role or an identity mapping on the collection)"
+            )
+        names = [self.collection_names.get(c, "DST_ENDPOINT") for c in wanted] or ["DST_ENDPOINT"]
+        src = self.own_endpoint or "SRC_ENDPOINT"
+        steps.append(
+            f"re-check with `rtlib transfer --beamline {self.beamline} {src}:PATH {names[0]}:DIR/` "
+            "(it fails the same way until consent is in place), then `rtlib retry JOB_ID` for each failed job"
         )
+        return "; then ".join(steps)
 
 
 class UserIdentity:
@@ -244,25 +295,78 @@ class UserIdentity:
         args = " ".join(f"--scope '{s}'" for s in scopes)
         return f"rtlib login --force {args}".rstrip()
 
+    def consent_steps(self, scopes: Iterable[str]) -> str:
+        return f"run `{self.login_command(scopes)}` (it opens the Globus consent page), then `rtlib retry JOB_ID` for each failed job"
+
 
 def token_file(settings: Settings) -> Path:
     return Path(settings.globus.token_file or settings.workspace / TOKEN_FILE_NAME)
 
 
-def identity_for_endpoints(settings: Settings, src: str, dst: str):
+def service_account_identity(settings: Settings, beamline: str) -> ServiceAccountIdentity:
+    """The service account of `beamline`, asking for the data_access scopes of the endpoints it may use."""
+    bl = settings.beamlines[beamline]
+    allowed = bl.allowed_endpoints or [bl.endpoint]
+    names = {ep.collection_id: n for n, ep in settings.endpoints.items() if ep.kind == "globus" and ep.collection_id}
+    return ServiceAccountIdentity(
+        beamline, bl.service_account, token_cache=TokenCache(token_file(settings)),
+        data_access=data_access_collections(settings, allowed), collection_names=names, own_endpoint=bl.endpoint,
+    )
+
+
+def check_allowed_endpoints(settings: Settings, beamline: str, src: str, dst: str) -> None:
+    """Refuse a transfer of `beamline` touching an endpoint outside its allowed_endpoints."""
+    allowed = settings.beamlines[beamline].allowed_endpoints or []
+    for name in (src, dst):
+        if name not in allowed:
+            raise RtlibError(
+                f"beamline {beamline!r} (and its service account) may not use endpoint {name!r}; it may use: "
+                f"{', '.join(allowed)}. Add {name!r} to beamlines.{beamline}.allowed_endpoints in the site config, "
+                "or transfer between endpoints it may use"
+            )
+
+
+def _user_identity(settings: Settings, src: str, dst: str) -> UserIdentity | None:
+    if not settings.globus.native_client_id:
+        return None
+    collections = data_access_collections(settings, [src, dst])
+    return UserIdentity(settings.globus.native_client_id, settings.workspace / USER_TOKEN_FILE_NAME, data_access=collections)
+
+
+def identity_for_endpoints(settings: Settings, src: str, dst: str, beamline: str | None = None):
     """The identity a transfer between two endpoints runs as.
 
-    The service account of the beamline that owns one of the endpoints, if it
-    has one; else the logged-in scientist (native-app client from [globus]).
+    With `beamline` (a job's beamline, or `rtlib transfer --beamline`): that beamline's service account,
+    on the endpoints it may use (`allowed_endpoints`); a beamline with no service account runs as the
+    logged-in scientist. Without: the service account of the one beamline whose own `endpoint` is src
+    or dst (refused when several beamlines own them: name one with --beamline); else the logged-in
+    scientist (native-app client from [globus]).
     """
-    collections = data_access_collections(settings, [src, dst])
-    for name, bl in sorted(settings.beamlines.items()):
-        if bl.service_account is not None and bl.endpoint in (src, dst):
-            return ServiceAccountIdentity(
-                name, bl.service_account, token_cache=TokenCache(token_file(settings)), data_access=data_access_collections(settings)
+    if beamline is not None:
+        if beamline not in settings.beamlines:
+            raise RtlibError(f"unknown beamline {beamline!r}; configured: {', '.join(sorted(settings.beamlines)) or 'none'}")
+        check_allowed_endpoints(settings, beamline, src, dst)
+        if settings.beamlines[beamline].service_account is not None:
+            return service_account_identity(settings, beamline)
+        user = _user_identity(settings, src, dst)
+        if user is None:
+            raise RtlibError(
+                f"no Globus identity for beamline {beamline!r}: give it a [beamlines.{beamline}.service_account], "
+                "or set [globus] native_client_id and run `rtlib login`"
             )
-    if settings.globus.native_client_id:
-        return UserIdentity(settings.globus.native_client_id, settings.workspace / USER_TOKEN_FILE_NAME, data_access=collections)
+        return user
+    owners = sorted(n for n, bl in settings.beamlines.items() if bl.service_account is not None and bl.endpoint in (src, dst))
+    if len(owners) > 1:
+        raise RtlibError(
+            f"a transfer between {src!r} and {dst!r} could run as the service account of beamline {', '.join(map(repr, owners))}; "
+            "say which: give the job a beamline, or pass --beamline NAME to `rtlib transfer`"
+        )
+    if owners:
+        check_allowed_endpoints(settings, owners[0], src, dst)
+        return service_account_identity(settings, owners[0])
+    user = _user_identity(settings, src, dst)
+    if user is not None:
+        return user
     raise RtlibError(
         f"no Globus identity for a transfer between {src!r} and {dst!r}: give the beamline owning one of them a "
         "[beamlines.<name>.service_account], or set [globus] native_client_id and run `rtlib login`"

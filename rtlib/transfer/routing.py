@@ -40,12 +40,13 @@ class RoutingTransferBackend(TransferBackend):
             "machine mounts it)"
         )
 
-    def list_files(self, endpoint: str, path: str) -> list[tuple[str, int]]:
+    def list_files(self, endpoint: str, path: str, *, beamline: str | None = None) -> list[tuple[str, int]]:
+        """`beamline`: whose service account lists a Globus-only endpoint (a local listing needs none)."""
         if self._has_root(endpoint):
             return self.local.list_files(endpoint, path)
         if self.globus is None or self.kinds.get(endpoint) != "globus":
             raise EndpointError(f"unknown endpoint {endpoint!r}; configured endpoints: {', '.join(sorted(self.kinds))}")
-        return self.globus.list_files(endpoint, path)
+        return self.globus.list_files(endpoint, path, beamline=beamline)
 
     def transfer_batch(
         self,
