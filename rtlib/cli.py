@@ -48,8 +48,12 @@ def _store(settings: cfg.Settings):
 
 
 # `-p NAME VALUE` (papermill's form) takes two values; typer cannot declare a repeatable pair,
-# so the commands that take parameters collect their extra arguments and read them here.
+# so the commands that take parameters collect their extra arguments and read them here,
+# and say so in their help (PARAM_HELP, shown under the options).
 PARAM_CONTEXT = {"allow_extra_args": True, "ignore_unknown_options": True}
+PARAM_HELP = ("Workload parameters: -p NAME VALUE, repeatable, papermill's form (e.g. -p num_q_bins 300). "
+              "VALUE is read as a bool, None, int or float where it looks like one, else as text. "
+              "`rtlib workloads` lists each workload's parameters.")
 
 
 def _parse_params(args: list[str], workload: str | None = None) -> dict:
@@ -97,7 +101,7 @@ def synth_detector(
 
 
 # -- jobs -------------------------------------------------------------------
-@app.command(context_settings=PARAM_CONTEXT)
+@app.command(context_settings=PARAM_CONTEXT, epilog=PARAM_HELP)
 def submit(
     ctx: typer.Context,
     workload: str = typer.Argument(..., help="workload name (see `rtlib workloads`)"),
@@ -178,6 +182,11 @@ def _age(seconds: float) -> str:
     return f"{seconds / 3600:.1f}h"
 
 
+def _short(text: str, limit: int) -> str:
+    """`text` cut to `limit` characters, ending with an ellipsis when cut (`rtlib status ID` shows all of it)."""
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
 @app.command()
 def status(
     job: Optional[int] = typer.Argument(None, help="one job: show it with its event history"),
@@ -210,7 +219,7 @@ def status(
     now = time.time()
     for r in rows:
         t.add_row(str(r.id), r.state.value, r.workload, r.beamline or "", f"{r.source_endpoint}:{','.join(r.inputs)}",
-                  f"{r.attempts}/{r.max_attempts}", f"{r.progress:.0%}", _age(now - r.created_at), (r.error or "")[:120])
+                  f"{r.attempts}/{r.max_attempts}", f"{r.progress:.0%}", _age(now - r.created_at), _short(r.error or "", 300))
     console.print(t)
     counts = store.count_by_state()
     console.print("  ".join(f"{k}: {v}" for k, v in sorted(counts.items())) or "no jobs")
@@ -249,7 +258,7 @@ def workloads(as_json: bool = typer.Option(False, "--json")):
             console.print(f"    {p} = {s.get('default', '(required)')!r}  {s.get('description', '')}")
 
 
-@app.command(context_settings=PARAM_CONTEXT)
+@app.command(context_settings=PARAM_CONTEXT, epilog=PARAM_HELP + " The run itself takes -p input_path FILE -p output_path DIR.")
 def run(
     ctx: typer.Context,
     workload: str = typer.Argument(...),
@@ -283,6 +292,8 @@ def soak(
     globus: bool = typer.Option(True, "--globus/--no-globus", help="als and alcf as Globus collections on a loopback emulator (real globus-sdk)"),
     expire_token_every_s: float = typer.Option(30.0, help="mean seconds between revocations of the service account's tokens (0: never; needs --globus)"),
     no_faults: bool = typer.Option(False, "--no-faults", help="the same campaign with no fault at all (the baseline)"),
+    steady_s: float = typer.Option(60.0, help="no agent SIGKILL in the last this many seconds of production, so one agent life is long enough to judge its memory"),
+    max_datasets: Optional[int] = typer.Option(None, help="stop producing after this many datasets (or at --duration-s)"),
     seed: int = typer.Option(0),
     json_out: Optional[Path] = typer.Option(None, "--json", help="also write the verdict as JSON here"),
     workspace: Optional[Path] = typer.Option(None, "--workspace", "-w", help="default: a new temporary directory"),
@@ -294,7 +305,8 @@ def soak(
     plan = SoakPlan(duration_s=duration_s, dataset_interval_s=dataset_interval_s, link_mbps=link_mbps or None,
                     transfer_fail_rate=fail_rate, transfer_corrupt_rate=corrupt_rate, agent_kill_every_s=kill_every_s or None,
                     preempt_every_s=preempt_every_s or None, malformed_fraction=malformed, seed=seed, globus=globus,
-                    token_expire_every_s=(expire_token_every_s or None) if globus else None)
+                    token_expire_every_s=(expire_token_every_s or None) if globus else None,
+                    agent_steady_s=min(steady_s, duration_s), max_datasets=max_datasets)
     if no_faults:
         plan = plan.without_faults()
     console.print(f"workspace: {ws}")
@@ -308,11 +320,15 @@ def soak(
     t.add_row("faults injected", ", ".join(f"{k} {v}" for k, v in verdict.injected.items()) or "none")
     t.add_row("agent RSS MB (settled, last)", " -> ".join(map(str, verdict.agent_rss_mb)))
     t.add_row("agent open fds (settled, last)", " -> ".join(map(str, verdict.agent_fds)))
+    if verdict.memory_flat is not None:
+        t.add_row(f"longest agent life ({verdict.judged_life_s:.0f} s)",
+                  f"RSS {verdict.rss_growth_mb:+.1f} MB ({verdict.rss_slope_mb_per_h:+.1f} MB/h), fds {verdict.fd_growth:+d}: "
+                  + ("flat" if verdict.memory_flat else "[red]growing[/]"))
     if verdict.globus:
         t.add_row("globus emulator", ", ".join(f"{k} {v}" for k, v in verdict.globus.items()))
     t.add_row("secret found in", ", ".join(verdict.secret_leaks) or "nowhere")
     t.add_row("not exercised", "; ".join(verdict.not_exercised) or "-")
-    t.add_row("verdict", "[green]clean[/]" if verdict.ok else "[red]NOT clean[/]")
+    t.add_row("verdict", ("[green]clean[/]: " if verdict.ok else "[red]NOT clean[/]: ") + verdict.summary())
     console.print(t)
     if json_out:
         json_out.write_text(verdict.to_json())
@@ -327,9 +343,14 @@ def demo(
     link_mbps: Optional[float] = typer.Option(276.0, help="shape the link to this many Mbps (0: unshaped); 276 is the published 48-hour average"),
     workload: str = typer.Option("xpcs", help="xpcs (the published campaign's workload), saxs, or noop"),
     size_mb: float = typer.Option(4.0, help="size of each synthetic dataset in MB"),
+    bad_inputs: int = typer.Option(0, min=0, help="write the last N datasets truncated, to see how a failed job is reported (xpcs, saxs)"),
     workspace: Optional[Path] = typer.Option(None, "--workspace", "-w", help="where to build the demo (default: a new temporary directory)"),
 ):
-    """Build a workspace, produce data at three beamlines, analyse it at 'ALCF', return the results."""
+    """Build a workspace, produce data at three beamlines, analyse it at 'ALCF', return the results.
+
+    The table and the exit status cover this run's jobs only (a workspace may hold earlier runs);
+    the exit status is 1 if any of them did not reach DONE with verified results.
+    """
     from .demo import run_demo
 
     ws = workspace or Path(tempfile.mkdtemp(prefix="rtlib-demo-"))
@@ -337,7 +358,8 @@ def demo(
     console.print(f"workspace: {ws}  (link {'unshaped' if not link_mbps else f'{link_mbps:g} Mbps'}, {jobs} jobs of {size_mb:g} MB, workload {workload})")
 
     with _live_status() as tick:
-        result = run_demo(settings, n_jobs=jobs, link_mbps=link_mbps or None, workload=workload, size_mb=size_mb, on_tick=tick)
+        result = run_demo(settings, n_jobs=jobs, link_mbps=link_mbps or None, workload=workload, size_mb=size_mb,
+                          bad_inputs=bad_inputs, on_tick=tick)
     console.print()
 
     t = Table("figure", "value", title="rtlib demo")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -46,23 +47,40 @@ def _write_dataset(workload: str, path: Path, size_mb: float, seed: int) -> None
         write_detector_file(path, frames=frames, height=256, width=256, seed=seed)
 
 
-def produce_data(settings: Settings, n_jobs: int, size_mb: float, seed: int = 0, workload: str = "xpcs") -> list[tuple[str, str]]:
-    """Write one dataset per job at the beamline endpoints, round robin. Returns (endpoint, path)."""
+def produce_data(
+    settings: Settings, n_jobs: int, size_mb: float, seed: int = 0, workload: str = "xpcs", bad_inputs: int = 0
+) -> list[tuple[str, str]]:
+    """Write one dataset per job at the beamline endpoints, round robin. Returns (endpoint, path).
+
+    Names continue after the datasets already in the workspace, so a rerun leaves earlier jobs' inputs
+    as they were. The last `bad_inputs` datasets are cut short (a truncated HDF5 file), to show how a
+    failed job is reported.
+    """
+    roots = [Path(settings.endpoint(ep).root) for ep in DEFAULT_BEAMLINE_ENDPOINTS]
+    start = sum(len(list((root / "raw").glob("scan-*.h5"))) for root in roots)
     made = []
-    for i in range(n_jobs):
+    for i in range(start, start + n_jobs):
         ep = DEFAULT_BEAMLINE_ENDPOINTS[i % len(DEFAULT_BEAMLINE_ENDPOINTS)]
         rel = f"raw/scan-{i:04d}.h5"
         path = Path(settings.endpoint(ep).root) / rel
         path.parent.mkdir(parents=True, exist_ok=True)
         _write_dataset(workload, path, size_mb, seed + i)
+        if i >= start + n_jobs - bad_inputs:
+            path.write_bytes(path.read_bytes()[: max(64, path.stat().st_size // 4)])
         made.append((ep, rel))
     return made
 
 
-def verify_outputs(settings: Settings, rt_store) -> tuple[int, dict[int, str]]:
-    """Every DONE job's results at its destination match the checksums recorded when they were sent."""
+def verify_outputs(settings: Settings, rt_store, job_ids: list[int] | None = None) -> tuple[int, dict[int, str]]:
+    """Every DONE job's results at its destination match the checksums recorded when they were sent.
+
+    Only the jobs in `job_ids` when given (a demo checks its own run, not earlier ones in the workspace).
+    """
     ok, bad = 0, {}
+    wanted = None if job_ids is None else set(job_ids)
     for it in rt_store.items(direction="out", state="done"):
+        if wanted is not None and it.job_id not in wanted:
+            continue
         dst = Path(settings.endpoint(it.dst_endpoint).root) / it.dst_path
         if not dst.exists():
             bad[it.job_id] = f"missing result {it.dst_endpoint}:{it.dst_path}"
@@ -81,11 +99,13 @@ def run_demo(
     workload: str = "xpcs",
     size_mb: float = 4.0,
     params: dict | None = None,
+    bad_inputs: int = 0,
     on_tick: Callable | None = None,
 ) -> DemoResult:
+    """Produce, submit and run `n_jobs` datasets; every figure in the result is over this run's jobs only."""
     rt = open_runtime(settings, link_mbps=link_mbps)
     try:
-        sources = produce_data(settings, n_jobs, size_mb, workload=workload)
+        sources = produce_data(settings, n_jobs, size_mb, workload=workload, bad_inputs=bad_inputs)
         ids = [
             jobs.submit(rt.store, settings, workload, source_endpoint=ep, inputs=[rel], params=params or {}, beamline=f"{ep}-demo")
             for ep, rel in sources
@@ -95,9 +115,10 @@ def run_demo(
         agent.run(until_idle=True, on_tick=on_tick)
         elapsed = time.time() - t0
         moved = report.bytes_moved(rt.store, ids)
-        counts = rt.store.count_by_state()
-        verified, bad = verify_outputs(settings, rt.store)
-        failures = {j.id: j.error or j.state.value for j in rt.store.list_jobs(ids=ids) if j.state != State.DONE}
+        mine = rt.store.list_jobs(ids=ids)
+        counts = dict(Counter(j.state.value for j in mine))
+        verified, bad = verify_outputs(settings, rt.store, ids)
+        failures = {j.id: j.error or j.state.value for j in mine if j.state != State.DONE}
         failures.update(bad)
         return DemoResult(
             workspace=settings.workspace,

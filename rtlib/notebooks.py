@@ -8,12 +8,19 @@ executes the notebook on a kernel of this very interpreter, and keeps the
 executed notebook beside the results as the record of the run. The notebook
 writes ``summary.json`` into the output directory; the runner reads it back.
 
-The same notebooks run under plain ``papermill`` from a beamline computer;
-nothing in them depends on this module.
+The same notebooks run under plain ``papermill`` from a beamline computer.
+There papermill only warns about a ``-p`` name the parameters cell does not
+define, so each notebook calls :func:`declare_parameters` at the end of its
+parameters cell and :func:`check_injected_parameters` first thing in the next
+code cell: a name injected in between that the workload does not take fails
+the run with a ``ParameterError`` naming it. Under plain papermill that check
+runs in the kernel (the first cell after the parameters); only
+:func:`run_notebook` refuses bad parameters before a kernel starts.
 """
 
 from __future__ import annotations
 
+import difflib
 import functools
 import json
 import math
@@ -157,6 +164,67 @@ def parse_cli_params(
             value = text
         params[name] = value
     return params
+
+
+# ------------------------------------------------- parameters in the kernel
+
+# Where declare_parameters leaves the names the parameters cell defined (a dunder: never a parameter).
+_DECLARED_KEY = "__rtlib_declared_parameters__"
+
+
+# What papermill's Python translator writes: literals only.
+_INJECTABLE = (type(None), bool, int, float, str, list, dict, tuple)
+
+
+def _public_names(namespace: dict[str, Any]) -> set[str]:
+    return {name for name in namespace if not name.startswith("_")}
+
+
+def declare_parameters(namespace: dict[str, Any]) -> None:
+    """Record the names a notebook's parameters cell defined; call it last in that cell with ``globals()``.
+
+    papermill injects its ``-p`` values in a new cell right after the parameters
+    cell, so every name that appears between this call and
+    :func:`check_injected_parameters` was injected.
+    """
+    namespace[_DECLARED_KEY] = frozenset(_public_names(namespace))
+
+
+def check_injected_parameters(namespace: dict[str, Any], workload: Workload | str | None = None) -> None:
+    """Refuse names injected after the parameters cell that neither it nor the workload's model defines.
+
+    Call it with ``globals()`` first thing in the cell after the parameters.
+    A notebook-only name the parameters cell defines (say, which peaks to plot)
+    may be injected; so may ``input_path``, ``output_path`` and every field of
+    the workload's parameter model. With no workload (a notebook that is not a
+    workload's pipeline), only the names the parameters cell defines may be
+    injected. The record is used once: running the cell
+    again interactively, after later cells defined more names, checks nothing.
+    Raises ``ParameterError`` naming each unknown parameter, with the closest
+    allowed name and the list of what the workload accepts.
+    """
+    declared = namespace.pop(_DECLARED_KEY, None)
+    if declared is None:
+        return
+    wl = get_workload(workload) if isinstance(workload, str) else workload
+    if wl is None:  # the parameters: declared names holding a value papermill could inject (not In/Out)
+        accepted = sorted(n for n in declared if n not in ("In", "Out") and isinstance(namespace.get(n), _INJECTABLE))
+        owner = "this notebook"
+    else:
+        accepted, owner = [*RUN_PARAMETERS, *wl.params_model.model_fields], f"workload {wl.name!r}"
+    # Only literals can have been injected; the imports of the checking cell are modules, functions, classes.
+    unknown = sorted(n for n in _public_names(namespace) - set(declared) - set(accepted)
+                     if isinstance(namespace[n], _INJECTABLE))
+    if not unknown:
+        return
+    problems = []
+    for name in unknown:
+        close = difflib.get_close_matches(name, accepted, n=1)
+        problems.append(f"unknown parameter {name!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
+    where = "" if wl is None else " (see `rtlib workloads`)"
+    raise ParameterError(
+        f"invalid parameters for {owner}: " + "; ".join(problems) + f"; it accepts: {', '.join(accepted)}{where}"
+    )
 
 
 # ---------------------------------------------------------------- kernel

@@ -115,6 +115,80 @@ def test_plain_papermill_cli_runs_the_saxs_notebook(saxs_run, detector_file, tmp
             np.testing.assert_array_equal(plain["saxs"][name][()], runner["saxs"][name][()])
 
 
+def test_plain_papermill_cli_fails_on_an_unknown_parameter_naming_it(detector_file, tmp_path):
+    """papermill itself only warns about a name the parameters cell lacks; the notebook's next cell refuses it."""
+    papermill_exe = Path(sys.executable).parent / "papermill"
+    out = tmp_path / "plain"
+    cmd = [str(papermill_exe), str(NOTEBOOK_DIR / "saxs.ipynb"), str(tmp_path / "executed.ipynb"),
+           "-p", "input_path", str(detector_file), "-p", "output_path", str(out), "-p", "num_q_binz", "40",
+           "--no-progress-bar"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert proc.returncode != 0, proc.stderr[-3000:]
+    assert "ParameterError" in proc.stderr and "unknown parameter 'num_q_binz'" in proc.stderr, proc.stderr[-3000:]
+    assert "did you mean 'num_q_bins'" in proc.stderr
+    assert not out.exists(), "refused before the analysis touched the output directory"
+    nb = nbformat.read(tmp_path / "executed.ipynb", as_version=4)
+    failed = [c for c in nb.cells if c.cell_type == "code" and any(o.output_type == "error" for o in c.outputs)]
+    assert len(failed) == 1 and "check_injected_parameters" in failed[0].source
+
+
+def _run_cells(*sources: str) -> dict:
+    """Run cell sources one after another in one namespace, the way a kernel runs a notebook."""
+    namespace: dict = {"In": [], "Out": {}}
+    for source in sources:
+        exec(source, namespace)
+    return namespace
+
+
+PARAMS_CELL = ("input_path = None\noutput_path = None\nnum_q_bins = 200\nfigure_dpi = 120\n"
+               "from rtlib.notebooks import declare_parameters\ndeclare_parameters(globals())")
+CHECK_CELL = "from rtlib.notebooks import check_injected_parameters\ncheck_injected_parameters(globals(), {workload!r})"
+
+
+def test_injected_names_are_checked_against_the_model_and_the_parameters_cell():
+    # model fields, run arguments and the notebook's own parameters may be injected
+    ns = _run_cells(PARAMS_CELL, "num_q_bins = 64\nwavelength_angstrom = 1.2\ninput_path = '/x'\nfigure_dpi = 300",
+                    CHECK_CELL.format(workload="saxs"))
+    assert ns["num_q_bins"] == 64
+    # a name neither defines fails, naming it, the closest name and what is accepted
+    with pytest.raises(ParameterError) as info:
+        _run_cells(PARAMS_CELL, "num_q_binz = 40\nzzz = 1", CHECK_CELL.format(workload="saxs"))
+    msg = str(info.value)
+    assert "unknown parameter 'num_q_binz' (did you mean 'num_q_bins'?)" in msg and "unknown parameter 'zzz'" in msg
+    assert "input_path, output_path, dataset_path" in msg and "figure_dpi" not in msg.split("unknown")[0]
+    # nothing injected: fine; running the check cell again after later cells defined names: no false alarm
+    ns = _run_cells(PARAMS_CELL, CHECK_CELL.format(workload="saxs"), "summary = {'a': 1}", CHECK_CELL.format(workload="saxs"))
+    assert ns["summary"] == {"a": 1}
+    # a notebook that is no workload's pipeline: only its own parameters
+    with pytest.raises(ParameterError, match=r"unknown parameter 'figure_dpj' \(did you mean 'figure_dpi'\?\)"):
+        _run_cells(PARAMS_CELL, "figure_dpj = 1", CHECK_CELL.format(workload=None))
+
+
+PARAMETERISED = sorted(p for p in NOTEBOOK_DIR.rglob("*.ipynb") if ".ipynb_checkpoints" not in p.parts)
+
+
+@pytest.mark.parametrize("path", PARAMETERISED, ids=lambda p: p.name)
+def test_every_parameters_cell_is_followed_by_the_injected_name_check(path):
+    nb = nbformat.read(path, as_version=4)
+    cells = [c for c in nb.cells if c.cell_type == "code"]
+    index = next(i for i, c in enumerate(cells) if "parameters" in c.metadata.get("tags", []))
+    assert cells[index].source.rstrip().endswith("declare_parameters(namespace=globals())"), "declared last in the parameters cell"
+    # papermill still reads every assignment of the cell as a parameter, each with its own literal default
+    declared = papermill.inspect_notebook(str(path))
+    assert "input_path" in declared or path.parent != NOTEBOOK_DIR
+    for name, info in declared.items():
+        ast.literal_eval(info["default"])
+        assert "declare_parameters" not in info["default"], name
+    check = [line for line in cells[index + 1].source.splitlines() if line.startswith("check_injected_parameters(globals()")]
+    assert len(check) == 1
+    workload = path.stem if path.parent == NOTEBOOK_DIR else None
+    assert check[0].startswith(f"check_injected_parameters(globals(), {workload!r})".replace("'", '"') if workload
+                               else "check_injected_parameters(globals())")
+    before = cells[index + 1].source.split(check[0])[0]
+    assert all(line.startswith(("import ", "from ", "#")) or not line.strip() for line in before.splitlines()), \
+        "the check comes before anything that reads a parameter"
+
+
 def test_failing_notebook_names_cell_exception_and_executed_notebook(detector_file, tmp_path):
     out = tmp_path / "out"
     with pytest.raises(NotebookExecutionError) as info:

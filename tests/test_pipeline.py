@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import threading
 from pathlib import Path
 
 import h5py
@@ -15,6 +16,7 @@ from rtlib.errors import EndpointError, ParameterError
 from rtlib.runtime import Runtime, open_runtime
 from rtlib.states import State
 from rtlib.store import JobSpec
+from rtlib.transfer.base import TransferBackend
 
 from helpers import assert_results_home, make_settings, produce, temporaries
 
@@ -146,6 +148,81 @@ def test_cancel_and_retry(tmp_path, compute):
         _run_all(rt)
         job = rt.store.get_job(jid)
         assert job.state == State.DONE and job.attempts == 1
+    finally:
+        rt.compute = None
+        rt.close()
+
+
+class RecordingTransfer(TransferBackend):
+    """Wraps the real backend; records each batch (direction, item count, bytes) and the most batches in flight at once."""
+
+    def __init__(self, inner):
+        self.inner = inner
+        self.batches: list[tuple[str, int, int]] = []
+        self.in_flight = self.max_in_flight = 0
+        self._lock = threading.Lock()
+
+    def list_files(self, endpoint, path):
+        return self.inner.list_files(endpoint, path)
+
+    def local_path(self, endpoint, path):
+        return self.inner.local_path(endpoint, path)
+
+    def transfer_batch(self, requests, progress=None, *, on_outcome=None):
+        direction = "in" if requests[0].dst_endpoint == "alcf" else "out"
+        with self._lock:
+            self.batches.append((direction, len(requests), sum(r.size_bytes for r in requests)))
+            self.in_flight += 1
+            self.max_in_flight = max(self.max_in_flight, self.in_flight)
+        try:
+            return self.inner.transfer_batch(requests, progress, on_outcome=on_outcome)
+        finally:
+            with self._lock:
+                self.in_flight -= 1
+
+    def close(self):
+        self.inner.close()
+
+
+def _intervals(store, job_ids, start: State, end: State) -> dict[int, tuple[float, float]]:
+    """Per job, when it entered `start` and when it entered `end` after that (from the event table)."""
+    out = {}
+    for jid in job_ids:
+        times = {e.to_state: e.timestamp for e in store.events(jid)}
+        out[jid] = (times[start.value], times[end.value])
+    return out
+
+
+def test_transfers_are_batched_by_bytes_bounded_in_flight_and_overlap_analysis(tmp_path, compute):
+    n_jobs, in_flight = 8, 2
+    settings = make_settings(tmp_path / "ws", transfers_in_flight=in_flight, batch_bytes=1_200_000)
+    rt = _runtime(settings, compute, link_mbps=24.0)  # each ~0.5 MB input takes about 0.2 s of the whole link
+    recorder = RecordingTransfer(rt.transfer)
+    rt.transfer = recorder
+    try:
+        data = produce(settings, n_jobs, frames=16, size_px=128)
+        size = (Path(settings.endpoints["aps"].root) / data[0][1]).stat().st_size
+        assert 400_000 < size < 600_000
+        ids = [jobs.submit(rt.store, settings, "noop", source_endpoint=ep, inputs=[rel], params={"sleep_s": 0.5}) for ep, rel in data]
+        _run_all(rt)
+        assert [rt.store.get_job(i).state for i in ids] == [State.DONE] * n_jobs
+
+        stage_in = [b for b in recorder.batches if b[0] == "in"]
+        assert sum(b[1] for b in stage_in) == n_jobs, "every input sent exactly once"
+        # batched by bytes: never past batch_bytes (a lone larger item aside), and several inputs per batch
+        assert all(nbytes <= settings.agent.batch_bytes or items == 1 for _, items, nbytes in recorder.batches), recorder.batches
+        assert max(items for _, items, _ in stage_in) == settings.agent.batch_bytes // size == 2, stage_in
+        assert len(stage_in) < n_jobs
+        # bounded in flight, and the bound was used
+        assert recorder.max_in_flight == in_flight
+
+        # stage-in of later jobs overlaps the analysis of earlier ones
+        staging = _intervals(rt.store, ids, State.STAGING_IN, State.STAGED_IN)
+        running = _intervals(rt.store, ids, State.RUNNING, State.RUN_DONE)
+        overlaps = {(a, b) for a, (r0, r1) in running.items() for b, (s0, s1) in staging.items() if a != b and s0 < r1 and r0 < s1}
+        assert len({b for _, b in overlaps}) >= 2, (staging, running)
+        first_run = min(r0 for r0, _ in running.values())
+        assert sum(s1 > first_run for _, s1 in staging.values()) >= 2, "analysis started before every input had arrived"
     finally:
         rt.compute = None
         rt.close()
