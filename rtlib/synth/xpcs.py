@@ -45,7 +45,7 @@ import numpy as np
 from .detector import _compression_options, _group, _scalar, _write_geometry
 from .geometry import Geometry, pixel_q_map
 
-__all__ = ["expected_g2", "read_xpcs_truth", "write_qmap_file", "write_xpcs_file"]
+__all__ = ["expected_g2", "expected_mean_counts", "read_xpcs_truth", "write_qmap_file", "write_xpcs_file"]
 
 _FRAMES_PER_BLOCK = 64
 
@@ -53,6 +53,25 @@ _FRAMES_PER_BLOCK = 64
 def expected_g2(delay_s: np.ndarray | float, tau_s: float, beta: float) -> np.ndarray:
     """The exact g2 of a ring: 1 + β exp(-2 t/τ)."""
     return 1.0 + beta * np.exp(-2.0 * np.asarray(delay_s, dtype=np.float64) / tau_s)
+
+
+def expected_mean_counts(truth: dict[str, Any]) -> np.ndarray:
+    """The expected counts per frame of every pixel, (height, width), from the truth ``write_xpcs_file`` returns.
+
+    The time average of each pixel's intensity: the speckle averages out, so it is the
+    flat model λ(q) inside the beam-stop edge and 0 behind it.
+    """
+    _, height, width = truth["shape"]
+    geometry = Geometry(**truth["geometry"])
+    layout = ring_layout(geometry, height, width, len(truth["tau_s"]), truth["beamstop_radius_px"])
+    return _mean_counts_map(layout, truth["mean_counts"])
+
+
+def _mean_counts_map(layout: dict[str, Any], mean_counts: float) -> np.ndarray:
+    """mean_counts at the innermost ring's inner edge, falling geometrically to a quarter at the outermost's outer edge."""
+    edges = layout["edges"]
+    fall = np.clip((layout["q"] - edges[0]) / (edges[-1] - edges[0]), 0.0, 1.0)
+    return mean_counts * np.power(0.25, fall) * layout["mask"]
 
 
 def ring_layout(geometry: Geometry, height: int, width: int, num_q_rings: int, beamstop_radius_px: float) -> dict[str, Any]:
@@ -115,8 +134,7 @@ def write_xpcs_file(
 
     # Per pixel: τ of its ring (the outermost ring's outside them), and its mean counts.
     tau_px = np.where(ring > 0, ring_tau[np.maximum(ring, 1) - 1], tau_min_s)
-    fall = np.clip((layout["q"] - edges[0]) / (edges[-1] - edges[0]), 0.0, 1.0)
-    mean_px = mean_counts * np.power(0.25, fall) * layout["mask"]
+    mean_px = _mean_counts_map(layout, mean_counts)
     out_dtype = np.dtype(dtype)
 
     with h5py.File(path, "w") as f:
@@ -144,6 +162,7 @@ def write_xpcs_file(
         "path": str(path), "frames": frames, "shape": [frames, height, width], "dtype": out_dtype.name,
         "compression": compression, "seed": seed, "geometry": geometry.to_dict(),
         "pixels_per_ring": np.bincount(ring.ravel(), minlength=num_q_rings + 1)[1:].tolist(),
+        "beamstop_radius_px": float(beamstop_radius_px),
         **model,
     }
     if qmap_path is not None:

@@ -78,9 +78,10 @@ def accumulate(history: np.ndarray, block: np.ndarray, delays: np.ndarray, g2_su
         history = np.ascontiguousarray(history, dtype=np.float64)
         if history.shape[1:] != block.shape[1:]:  # the first block: no history yet
             history = np.zeros((0, block.shape[1]))
-        _accumulate_sparse(history, np.ascontiguousarray(block, dtype=np.float64), np.asarray(delays, dtype=np.int64), g2_sum)
+        # Counts of any numeric type are read into float64 inside the kernel (exact for integers below 2^53).
+        _accumulate_sparse(history, np.ascontiguousarray(block), np.asarray(delays, dtype=np.int64), g2_sum)
     else:
-        accumulate_dense(history, block, delays, g2_sum)
+        accumulate_dense(np.asarray(history, dtype=np.float64), np.asarray(block, dtype=np.float64), delays, g2_sum)
 
 
 SPARSE_ADVANTAGE = 400  # a scattered multiply-add (plus finding it) costs about this many float32 syrk ones (measured here)

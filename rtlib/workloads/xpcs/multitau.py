@@ -72,22 +72,30 @@ class _Level:
         accumulate(self.history, block, self.delays, self.g2_sum)  # each new frame with its partners d frames back
         if self.frames < self.keep + 1:
             self.first = np.concatenate([self.first, block[: self.keep + 1 - self.frames]])
-        self.total += block.sum(axis=0)
+        self.total += block.sum(axis=0, dtype=np.float64)
         self.frames += count
         if count >= self.keep:  # the last `keep` frames pair with the next block; only they are copied
-            self.history = block[count - self.keep:].copy()
+            self.history = block[count - self.keep:].astype(np.float64)  # a copy, and float64 whatever came in
         else:
             self.history = np.concatenate([self.history, block])[-self.keep:]
 
     def binned(self, block: np.ndarray) -> np.ndarray | None:
-        """Frames of the next level made from this level's new frames: sums of consecutive pairs."""
-        if self.unpaired is not None:
-            block = np.concatenate([self.unpaired[None], block])
-        pairs = len(block) // 2
-        self.unpaired = block[-1].copy() if len(block) % 2 else None
-        if pairs == 0:
-            return None
-        return block[0: 2 * pairs: 2] + block[1: 2 * pairs: 2]
+        """Frames of the next level made from this level's new frames: sums of consecutive pairs, in float64.
+
+        Level-0 frames may be raw counts (uint16): each pair is added in float64 (exact, cannot wrap) straight
+        into the half-length result, so the full-length block is never copied."""
+        lead = 1 if self.unpaired is not None and len(block) else 0  # the waiting frame pairs with block[0]
+        rest = block[lead:]
+        pairs = len(rest) // 2
+        out = np.empty((lead + pairs,) + block.shape[1:])
+        if lead:
+            np.add(self.unpaired, block[0], out=out[0], dtype=np.float64)
+        np.add(rest[0: 2 * pairs: 2], rest[1: 2 * pairs: 2], out=out[lead:], dtype=np.float64)
+        if len(rest) % 2:
+            self.unpaired = rest[-1].astype(np.float64)
+        elif lead:
+            self.unpaired = None
+        return out if len(out) else None
 
 
 @dataclass(frozen=True)
@@ -113,8 +121,13 @@ class MultiTau:
         self.levels = [_Level(i, delays_per_level, self.pixels) for i in range(count)]
 
     def add(self, block: np.ndarray) -> None:
-        """Frames (n, pixels) of the ROI pixels, next in time order."""
-        current: np.ndarray | None = np.asarray(block, dtype=np.float64)
+        """Frames (n, pixels) of the ROI pixels, next in time order.
+
+        Integer counts go to level 0 as they are (the kernel reads them into float64 itself, exactly): no
+        float64 copy of the whole block is made for the finest level, the one that costs most."""
+        current: np.ndarray | None = np.asarray(block)
+        if current.dtype.kind not in "uif":
+            current = current.astype(np.float64)
         for i, level in enumerate(self.levels):
             if current is None:
                 break
