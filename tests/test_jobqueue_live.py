@@ -55,9 +55,29 @@ def hpc_settings(tmp_path: Path, *, compute: str = "slurm", max_attempts: int = 
     return settings
 
 
-def submit(rt, settings, ep: str, rel: str, *, sleep_s: float, priority: int) -> int:
-    return jobs.submit(rt.store, settings, "noop", source_endpoint=ep, inputs=[rel], params={"sleep_s": sleep_s},
-                       site="hpc", beamline=f"{ep}-demo", priority=priority)  # fmt: skip
+def submit(rt, settings, ep: str, rel: str, *, sleep_s: float, priority: int, account: str | None = None, **params) -> int:
+    extra = {"account": account} if account else {}
+    return jobs.submit(rt.store, settings, "noop", source_endpoint=ep, inputs=[rel], params={"sleep_s": sleep_s, **params},
+                       site="hpc", beamline=f"{ep}-demo", priority=priority, **extra)  # fmt: skip
+
+
+def rtlib_jobs(slurm, partition: str | None = None) -> list[dict]:
+    """rtlib's batch jobs the controller holds, leaving out ones already cancelled and only completing (CG)."""
+    return [r for r in slurm.squeue() if r["name"].startswith("rtlib-") and r["state"] != "COMPLETING"
+            and (partition is None or r["partition"] == partition)]  # fmt: skip
+
+
+def assert_no_partial_output(settings, store, job_id: int) -> None:
+    """No stage-out item and no file at the destination comes from a killed attempt's partial file."""
+    job = store.get_job(job_id)
+    outs = store.items(job_id, "out")
+    assert not any(i.dst_path.endswith(PARTIAL) or i.src_path.endswith(PARTIAL) for i in outs), outs
+    assert all("/attempt-" not in i.src_path for i in outs), "only the promoted final attempt is staged out"
+    dest = Path(settings.endpoints[job.dest_endpoint].root)
+    assert not list(dest.rglob(PARTIAL)), "a killed attempt's partial file reached the destination"
+
+
+PARTIAL = "partial.txt"
 
 
 def check_noop_result(settings, store, job_id: int) -> None:
@@ -110,14 +130,21 @@ def test_two_beamlines_run_to_done_in_their_policy_queues_charged_to_their_subal
         store.close()
 
 
-def _preempt_runs(backend, slurm, stop: threading.Event, kills: list[str], max_kills: int) -> None:
-    """scancel the batch job of the worker running an rtlib task, once it has run a second."""
+def _preempt_runs(backend, slurm, scratch: Path, stop: threading.Event, kills: list[str], partials: list[Path], max_kills: int) -> None:
+    """scancel the batch job of the worker running an rtlib task, once its partial file is written."""
     while not stop.is_set() and len(kills) < max_kills:
         for pool in list(backend.pools.values()):
             for key, worker in list(pool.running_on.items()):
-                batch = pool.batch_ids.get(worker)
+                batch = pool.batch_ids.get(pool.job_of(worker))
                 if batch and batch not in kills and key in pool.handles:
-                    time.sleep(1.0)
+                    _, job_id, attempt, token = key.rsplit("-", 3)
+                    partial = scratch / f"jobs/{int(job_id):08d}/attempt-{attempt}-{token}" / PARTIAL
+                    deadline = time.monotonic() + 20
+                    while not partial.exists() and time.monotonic() < deadline:
+                        time.sleep(0.05)
+                    assert partial.exists(), f"the attempt never wrote {partial}"
+                    partials.append(partial)
+                    time.sleep(0.5)
                     slurm.run("scancel", batch, check=False)
                     kills.append(batch)
                     break
@@ -128,16 +155,18 @@ def _run_preempted(tmp_path, slurm, *, max_attempts: int, max_kills: int):
     settings = hpc_settings(tmp_path, max_attempts=max_attempts)
     rt = open_runtime(settings)
     (ep, rel), = produce(settings, 1)
-    jid = submit(rt, settings, ep, rel, sleep_s=4, priority=0)
+    jid = submit(rt, settings, ep, rel, sleep_s=4, priority=0, partial_file=PARTIAL)
     agent = rt.agent("hpc")
-    stop, kills = threading.Event(), []
-    killer = threading.Thread(target=_preempt_runs, args=(rt.compute, slurm, stop, kills, max_kills), daemon=True)
+    stop, kills, partials = threading.Event(), [], []
+    scratch = Path(settings.endpoints[settings.sites["hpc"].scratch_endpoint].root)
+    killer = threading.Thread(target=_preempt_runs, args=(rt.compute, slurm, scratch, stop, kills, partials, max_kills), daemon=True)
     killer.start()
     try:
         agent.run(until_idle=True, max_seconds=150)
     finally:
         stop.set()
         killer.join(10)
+    assert len(partials) == len(kills), "every killed attempt had written its partial file"
     return settings, rt, jid, kills
 
 
@@ -154,6 +183,7 @@ def test_scancel_of_the_worker_job_preempts_the_task_which_reruns_to_done(tmp_pa
         preempted = next(e for e in events if e.to_state == "PREEMPTED")
         assert f"batch job {kills[0]}" in preempted.reason and "queue preemptable" in preempted.reason
         check_noop_result(settings, rt.store, jid)
+        assert_no_partial_output(settings, rt.store, jid)  # only the final attempt's outputs arrive
         assert_results_home(settings, rt.store)
     finally:
         rt.close()
@@ -171,6 +201,7 @@ def test_two_preemptions_with_a_retry_budget_of_one_fail_with_both_attempts(tmp_
         assert reasons[0].startswith("attempt 1:") and reasons[1].startswith("attempt 2:")
         assert f"batch job {kills[0]}" in reasons[0] and f"batch job {kills[1]}" in reasons[1]
         assert rt.store.items(jid, "out") == [], "a killed attempt's partial output is never staged out"
+        assert_no_partial_output(settings, rt.store, jid)
         dest = Path(settings.endpoints[job.dest_endpoint].root) / "results"
         assert not dest.exists() or not any(dest.rglob("*.txt"))
     finally:
@@ -326,3 +357,99 @@ def test_shell_text_in_a_job_reaches_the_scheduler_only_as_data(tmp_path, slurm)
     assert names and all(n.startswith("rtlib-") and ";" not in n for n in names), names
     scripts = "\n".join(p.read_text(errors="replace") for p in (tmp_path / "joblogs").rglob("*") if p.is_file())
     assert "rm -rf" not in scripts and "PWNED" not in scripts
+
+
+class _Sampler:
+    """Samples rtlib's batch jobs in one partition every 0.1 s on its own thread."""
+
+    def __init__(self, slurm, partition: str):
+        self.slurm, self.partition = slurm, partition
+        self.held: list[int] = []  # batch jobs pending or running, per sample
+        self.running: list[int] = []
+        self.accounts: set[str] = set()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+
+    def _loop(self) -> None:
+        while not self._stop.wait(0.1):
+            rows = rtlib_jobs(self.slurm, self.partition)
+            self.held.append(len(rows))
+            self.running.append(sum(r["state"] == "RUNNING" for r in rows))
+            self.accounts |= {r["account"] for r in rows}
+
+    def __enter__(self) -> "_Sampler":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join(10)
+
+
+@pytest.mark.parametrize("accounts, max_nodes", [(("rtlib::aps", "rtlib::als"), 1), (("rtlib::aps", "rtlib::als", "rtlib::nsls2"), 2)])
+def test_a_queue_node_limit_binds_all_accounts_together(tmp_path, slurm, accounts, max_nodes):
+    """Suballocations sharing one queue never hold more than its max_nodes batch jobs there between them."""
+    settings = hpc_settings(tmp_path, queue_opts={"max_nodes": max_nodes})
+    rt = open_runtime(settings)
+    try:
+        files = produce(settings, 2 * len(accounts))
+        ids = [submit(rt, settings, ep, rel, sleep_s=1.5, priority=5, account=accounts[i % len(accounts)])
+               for i, (ep, rel) in enumerate(files)]  # fmt: skip
+        with _Sampler(slurm, "demand") as seen:
+            rt.agent("hpc").run(until_idle=True, max_seconds=150)
+        for jid in ids:
+            job = rt.store.get_job(jid)
+            assert job.state == State.DONE, job.error
+            assert job.queue == "demand" and job.attempts == 1, [e.reason for e in rt.store.events(jid)]  # no attempt lost to the sharing
+        assert {key for key in rt.compute.pools} == {("demand", a) for a in accounts}
+        assert seen.held and max(seen.held) == max_nodes, seen.held  # never more at once, over all accounts
+        assert seen.accounts == {settings.accounts[a].scheduler_account or a.split("::")[0] for a in accounts}, seen.accounts
+    finally:
+        rt.close()
+
+
+def test_workers_follow_the_backlog_up_to_max_nodes_and_scale_to_zero_when_idle(tmp_path, slurm):
+    settings = hpc_settings(tmp_path, idle_timeout_s=1)  # demand: max_nodes 2
+    rt = open_runtime(settings)
+    try:
+        files = produce(settings, 5)
+        ids = [submit(rt, settings, ep, rel, sleep_s=3, priority=5, account="rtlib::aps") for ep, rel in files]  # one pool
+        with _Sampler(slurm, "demand") as seen:
+            rt.agent("hpc").run(until_idle=True, max_seconds=150)
+            assert all(rt.store.get_job(j).state == State.DONE for j in ids), [rt.store.get_job(j).error for j in ids]
+            (pool,) = rt.compute.pools.values()
+            # the backlog drains: within idle_timeout_s (+ scancel and a few monitor rounds) nothing is left
+            t0 = time.monotonic()
+            while time.monotonic() - t0 < 1 + 10 and (rtlib_jobs(slurm) or pool.cluster.worker_spec or pool.joined):
+                time.sleep(0.1)
+            left_s = time.monotonic() - t0
+        assert max(seen.held) == 2 and max(seen.running) == 2, (seen.held, seen.running)  # reached, never exceeded
+        assert rtlib_jobs(slurm) == [], slurm.squeue()
+        assert pool.cluster.worker_spec == {} and pool.joined == {}, "scaled to zero"
+        assert left_s < 11, left_s
+        assert pool.jobs_submitted >= 2
+    finally:
+        rt.close()
+
+
+def test_a_queue_that_keeps_batch_jobs_stuck_fails_the_job_after_max_stuck_resubmits(tmp_path, slurm):
+    settings = hpc_settings(tmp_path, queue_opts={"queued_limit_s": 2, "max_stuck_resubmits": 1})
+    slurm.run("scontrol", "update", "PartitionName=demand", "State=DOWN")  # jobs queue there but never start
+    rt = open_runtime(settings)
+    try:
+        (ep, rel), = produce(settings, 1)
+        jid = submit(rt, settings, ep, rel, sleep_s=0, priority=5)
+        t0 = time.monotonic()
+        rt.agent("hpc").run(until_idle=True, max_seconds=60)
+        job = rt.store.get_job(jid)
+        assert job.state == State.FAILED, job.state
+        assert time.monotonic() - t0 < 40
+        assert "2 worker batch jobs in a row" in job.error and "stayed queued in 'demand'" in job.error
+        assert "max_stuck_resubmits" in job.error and "SchedulerCommandError" in job.error
+        (pool,) = rt.compute.pools.values()
+        assert pool.stuck_cancelled == 2 and pool.jobs_submitted == 2  # the first, one resubmission, then no more
+        time.sleep(1)
+        assert rtlib_jobs(slurm, "demand") == [], "nothing is left queued"
+    finally:
+        slurm.run("scontrol", "update", "PartitionName=demand", "State=UP", check=False)
+        rt.close()

@@ -48,17 +48,34 @@ def test_an_urgent_job_too_long_for_demand_falls_back_to_preemptable(tmp_path):
 
 
 def test_a_job_that_fits_no_queue_is_refused_with_every_reason(tmp_path):
-    site = _settings(tmp_path, workloads={"laue": {"nodes": 16, "walltime_min": 2000}}).sites["hpc"]
+    site = _settings(tmp_path, workloads={"laue": {"nodes": 1, "walltime_min": 2000}}).sites["hpc"]
     with pytest.raises(NoQueueFits) as info:
         choose_queue(site, "laue", priority=0)
     msg = str(info.value)
-    assert "preemptable: 16 nodes > max_nodes 10; 2000 min > max_walltime_min 1440" in msg
-    assert "demand: 16 nodes > max_nodes 2; 2000 min > max_walltime_min 60" in msg
+    assert "preemptable: 2000 min > max_walltime_min 1440" in msg
+    assert "demand: 2000 min > max_walltime_min 60" in msg
     assert "policy.workloads.laue" in msg  # where to fix it
 
 
+def test_a_task_asking_for_more_than_one_node_is_refused_before_any_scheduler(tmp_path):
+    site = _settings(tmp_path, workloads={"laue": {"nodes": 2, "walltime_min": 30}}).sites["hpc"]
+    with pytest.raises(NoQueueFits, match=r"asks for 2 nodes, but an rtlib analysis task runs in one dask worker on one node") as info:
+        choose_queue(site, "laue", priority=0)
+    assert "policy.workloads.laue" in str(info.value)
+    with pytest.raises(NoQueueFits, match="asks for 2 nodes"):
+        choose_queue(site, "laue", priority=0, requested="preemptable")  # naming a queue does not help
+
+
+def test_a_task_must_leave_the_walltime_margin_of_the_worker_job(tmp_path):
+    site = _settings(tmp_path, workloads={"xpcs": {"nodes": 1, "walltime_min": 60}}).sites["hpc"]
+    # 60 min fits demand's 60 min limit, but not its worker jobs (60 min less the 60 s margin): preemptable takes it
+    assert choose_queue(site, "xpcs", priority=9).name == "preemptable"
+    with pytest.raises(NoQueueFits, match=r"60 min > the queue's worker job walltime \(max_walltime_min\) 60 min less jobqueue.walltime_margin_s 60 s"):
+        choose_queue(site, "xpcs", priority=9, requested="demand")
+
+
 def test_submit_records_the_policy_queue_and_refuses_misfits(tmp_path):
-    s = _settings(tmp_path, workloads={"laue": {"nodes": 16, "walltime_min": 30}})
+    s = _settings(tmp_path, workloads={"laue": {"nodes": 1, "walltime_min": 3000}})
     store = JobStore(s.store)
     try:
         (cfg.Path(s.endpoints["aps"].root) / "in.dat").write_bytes(b"x")
@@ -66,7 +83,7 @@ def test_submit_records_the_policy_queue_and_refuses_misfits(tmp_path):
         bulk = jobs.submit(store, s, "noop", source_endpoint="aps", inputs=["in.dat"], site="hpc", priority=-1)
         named = jobs.submit(store, s, "noop", source_endpoint="aps", inputs=["in.dat"], site="hpc", priority=-1, queue="demand")
         assert [store.get_job(j).queue for j in (urgent, bulk, named)] == ["demand", "preemptable", "demand"]
-        with pytest.raises(NoQueueFits, match="16 nodes > max_nodes 10"):
+        with pytest.raises(NoQueueFits, match="3000 min > max_walltime_min 1440"):
             jobs.submit(store, s, "laue", source_endpoint="aps", inputs=["in.dat"], site="hpc")
         assert len(store.list_jobs()) == 3  # the refused job was never recorded
     finally:

@@ -6,6 +6,7 @@ import os
 import signal
 import threading
 import time
+from pathlib import Path
 
 from rtlib import jobs
 from rtlib.compute.local import LocalDaskBackend
@@ -15,14 +16,27 @@ from rtlib.states import State
 from helpers import assert_results_home, make_settings, produce
 
 
-def _kill_worker_running(compute: LocalDaskBackend, stop: threading.Event, kills: list[int], max_kills: int) -> None:
-    """Kill (SIGKILL) the worker process that runs an rtlib task, up to max_kills times."""
+PARTIAL = "partial.txt"
+
+
+def _kill_worker_running(compute: LocalDaskBackend, scratch: Path, stop: threading.Event, kills: list[int], partials: list[Path],
+                         max_kills: int) -> None:  # fmt: skip
+    """Kill (SIGKILL) the worker process that runs an rtlib task once it wrote its partial file, up to max_kills times."""
     while not stop.is_set() and len(kills) < max_kills:
         processing = compute.client.processing()
-        busy = [addr for addr, keys in processing.items() if any(str(k).startswith("rtlib-job-") for k in keys)]
+        busy = {addr: [str(k) for k in keys if str(k).startswith("rtlib-job-")] for addr, keys in processing.items()}
+        busy = {a: keys for a, keys in busy.items() if keys}
         if busy:
-            pids = compute.client.run(os.getpid, workers=busy[:1])
-            time.sleep(0.3)  # let the analysis get going
+            addr, (key, *_) = next(iter(busy.items()))
+            _, job_id, attempt, token = key.rsplit("-", 3)
+            partial = scratch / f"jobs/{int(job_id):08d}/attempt-{attempt}-{token}" / PARTIAL
+            deadline = time.monotonic() + 20
+            while not partial.exists() and time.monotonic() < deadline:
+                time.sleep(0.05)
+            if not partial.exists():
+                continue
+            partials.append(partial)
+            pids = compute.client.run(os.getpid, workers=[addr])
             for pid in pids.values():
                 os.kill(pid, signal.SIGKILL)
                 kills.append(pid)
@@ -37,17 +51,27 @@ def _run_with_killer(tmp_path, max_attempts: int, max_kills: int):
     rt.compute.start()
     try:
         (ep, rel), = produce(settings, 1)
-        jid = jobs.submit(rt.store, settings, "noop", source_endpoint=ep, inputs=[rel], params={"sleep_s": 3})
-        stop, kills = threading.Event(), []
-        killer = threading.Thread(target=_kill_worker_running, args=(rt.compute, stop, kills, max_kills), daemon=True)
+        jid = jobs.submit(rt.store, settings, "noop", source_endpoint=ep, inputs=[rel], params={"sleep_s": 3, "partial_file": PARTIAL})
+        stop, kills, partials = threading.Event(), [], []
+        scratch = Path(settings.endpoints[settings.sites["local"].scratch_endpoint].root)
+        killer = threading.Thread(target=_kill_worker_running, args=(rt.compute, scratch, stop, kills, partials, max_kills), daemon=True)
         killer.start()
         rt.agent("local").run(until_idle=True, max_seconds=120)
         stop.set()
         killer.join(10)
+        assert len(partials) == len(kills), "each killed attempt had written its partial file"
         return settings, rt, jid, kills
     except BaseException:
         rt.close()
         raise
+
+
+def assert_no_partial_output(settings, store, job_id: int) -> None:
+    outs = store.items(job_id, "out")
+    assert not any(i.dst_path.endswith(PARTIAL) or i.src_path.endswith(PARTIAL) for i in outs), outs
+    assert all("/attempt-" not in i.src_path for i in outs), "only the promoted final attempt is staged out"
+    dest = Path(settings.endpoints[store.get_job(job_id).dest_endpoint].root)
+    assert not list(dest.rglob(PARTIAL)), "a killed attempt's partial file reached the destination"
 
 
 def test_preempted_run_is_requeued_and_finishes(tmp_path):
@@ -60,6 +84,8 @@ def test_preempted_run_is_requeued_and_finishes(tmp_path):
         path = [e.to_state for e in rt.store.events(jid)]
         assert path.count("PREEMPTED") == 1 and path.count("RUN_DONE") == 1
         assert path[path.index("PREEMPTED") + 1] == "STAGED_IN"
+        assert [i for i in rt.store.items(jid, "out") if i.dst_path.endswith("noop.txt")], "the final attempt's output arrived"
+        assert_no_partial_output(settings, rt.store, jid)
         assert_results_home(settings, rt.store)
     finally:
         rt.close()
@@ -74,6 +100,7 @@ def test_preemption_beyond_budget_fails_with_history(tmp_path):
         assert "out of retries (2/2" in job.error
         assert [e.to_state for e in rt.store.events(jid)].count("PREEMPTED") == 2
         assert rt.store.items(jid, "out") == [], "a killed attempt's partial output is never staged out"
+        assert_no_partial_output(settings, rt.store, jid)
     finally:
         rt.close()
 

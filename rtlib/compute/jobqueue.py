@@ -1,12 +1,16 @@
 """HPC compute through dask-jobqueue: one PBSCluster or SLURMCluster per (queue, account).
 
-Each batch job is one node running one dask worker with `cores_per_node`
-threads. Workers follow the backlog: a monitor thread asks for
-min(max_nodes, ceil(tasks waiting or running / cores)) batch jobs per queue,
-closes workers idle for `idle_timeout_s` (down to zero), cancels and
-resubmits a batch job still queued after the queue's `queued_limit_s`, and
-turns scheduler trouble (sbatch/qsub failing or missing) into an error on
-the waiting jobs instead of a hang.
+Each batch job has the queue's `nodes_per_job` nodes, each running one dask
+worker with `cores_per_node` threads (several nodes: the worker is started
+once per node by `node_launcher`, srun or mpiexec). Workers follow the
+backlog: a monitor thread shares each queue's `max_nodes` between the pools
+(accounts) using it, asks for ceil(tasks waiting or running / cores) nodes
+per pool within that share, closes workers idle for `idle_timeout_s` (down
+to zero; at once when another pool of the queue waits for the nodes),
+cancels and resubmits a batch job still queued after the queue's
+`queued_limit_s` (at most `max_stuck_resubmits` times in a row, then the
+waiting jobs fail), and turns scheduler trouble (sbatch/qsub failing or
+missing) into an error on the waiting jobs instead of a hang.
 
 A task whose worker leaves while running it (preemption, walltime, node
 failure, scancel/qdel) is reported as lost: its handle raises WorkerLost at
@@ -59,20 +63,47 @@ def _command(opts: JobqueueOptions, name: str) -> str:
     return str(opts.commands_dir / name) if opts.commands_dir else name
 
 
+RANK = "${SLURM_PROCID:-${PMI_RANK:-${PALS_RANKID:-${OMPI_COMM_WORLD_RANK:-0}}}}"  # the node's rank under srun / mpiexec
+LAUNCHERS = {"slurm": "srun --nodes={nodes} --ntasks={nodes} --ntasks-per-node=1", "pbs": "mpiexec -n {nodes} --ppn 1"}
+
+
+def worker_timing(site: Site, queue: Queue) -> tuple[float, float, float]:
+    """(job walltime, dask --lifetime, --lifetime-stagger) of the queue's worker jobs, in seconds.
+
+    A worker leaves by itself between walltime - 3/4 margin and walltime - 1/4 margin, before the
+    scheduler kills it; the monitor stops giving it tasks at join + walltime - margin - the longest
+    task the queue may get (see `drain_after_s`)."""
+    walltime_s = 60 * (queue.job_walltime_min or queue.max_walltime_min)
+    margin_s = site.jobqueue.walltime_margin_s
+    return walltime_s, max(walltime_s - margin_s / 2, 1.0), margin_s / 4
+
+
+def drain_after_s(site: Site, queue: Queue) -> float:
+    """Seconds after a worker joined from which it takes no new task: the longest task still ends before the worker leaves."""
+    from .policy import longest_task_min
+
+    walltime_s, _, _ = worker_timing(site, queue)
+    return walltime_s - site.jobqueue.walltime_margin_s - 60 * longest_task_min(site, queue)
+
+
 def cluster_kwargs(site: Site, queue: Queue, scheduler_account: str | None) -> dict[str, Any]:
     """The keyword arguments of the dask-jobqueue cluster/job class for one queue and account."""
     opts = site.jobqueue
+    nodes = queue.nodes_per_job
+    walltime_s, lifetime_s, stagger_s = worker_timing(site, queue)
     kw: dict[str, Any] = dict(
         cores=opts.cores_per_node,
         processes=1,
         memory=f"{opts.memory_per_node_gb:g}GB",
         queue=queue.scheduler_queue or queue.name,
         account=scheduler_account,
-        walltime=_walltime(queue.job_walltime_min or queue.max_walltime_min),
+        walltime=_walltime(walltime_s / 60),
         job_script_prologue=list(opts.prologue),
         python=opts.python or sys.executable,
         death_timeout=opts.death_timeout_s,
         job_name=f"rtlib-{queue.name}",
+        # leave cleanly before the batch walltime; the stagger keeps workers of one batch from leaving together
+        worker_extra_args=["--lifetime", f"{lifetime_s:.0f}s"] + (["--lifetime-stagger", f"{stagger_s:.0f}s"] if stagger_s >= 1 else []),
     )
     if opts.interface:
         kw["interface"] = opts.interface
@@ -81,10 +112,10 @@ def cluster_kwargs(site: Site, queue: Queue, scheduler_account: str | None) -> d
     extra: list[str] = []
     if site.compute == "pbs":
         if opts.system in ("polaris", "aurora"):
-            kw["resource_spec"] = f"select=1:system={opts.system}"
+            kw["resource_spec"] = f"select={nodes}:system={opts.system}"
             extra.append("-l place=scatter")
         else:
-            kw["resource_spec"] = f"select=1:ncpus={opts.cores_per_node}"
+            kw["resource_spec"] = f"select={nodes}:ncpus={opts.cores_per_node}"
         if opts.filesystems:
             extra.append(f"-l filesystems={opts.filesystems}")
         elif opts.system in ("polaris", "aurora"):
@@ -92,6 +123,9 @@ def cluster_kwargs(site: Site, queue: Queue, scheduler_account: str | None) -> d
         # rerunnable on preemptable queues: PBS requeues instead of failing a preempted job
         extra.append("-r y" if queue.preemptable else "-r n")
     else:
+        if nodes > 1:  # one task (worker) per node instead of dask-jobqueue's single task
+            kw["job_directives_skip"] = ["-n 1"]
+            extra += [f"--nodes={nodes}", "--ntasks-per-node=1"]
         # rtlib replaces a lost worker itself; a requeued worker job would return under a name dask re-used
         extra.append("--no-requeue")
     extra += queue.extra_directives
@@ -111,21 +145,43 @@ def job_classes(kind: str):
     return PBSCluster, PBSJob
 
 
+def per_node_job_class(site: Site, queue: Queue, job_cls):
+    """`job_cls`, or for a multi-node queue a subclass whose script starts the worker once per node.
+
+    Each node's worker is named `<batch job name>-<rank>`, the names dask's worker groups expect."""
+    nodes = queue.nodes_per_job
+    if nodes == 1:
+        return job_cls
+    launcher = (site.jobqueue.node_launcher or LAUNCHERS[site.compute]).format(nodes=nodes)
+
+    class PerNodeJob(job_cls):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            command = self._command_template.replace(f"--name {self.name} ", f"--name {self.name}-{RANK} ", 1)
+            if "'" in command:
+                raise RtlibError(f"the worker command holds a single quote, which cannot be started per node: {command}; "
+                                 f"check sites.<site>.jobqueue.python and interface")  # fmt: skip
+            self._command_template = f"{launcher} /bin/sh -c 'exec {command}'"
+
+    return PerNodeJob
+
+
 def job_script(site: Site, queue: Queue | str, scheduler_account: str | None, *, scheduler_address: str = "tcp://127.0.0.1:8786") -> str:
     """The batch script rtlib would submit for a worker of `queue`, without starting anything."""
     if isinstance(queue, str):
         queue = site.queue(queue)
     _, job_cls = job_classes(site.compute)
     kw = cluster_kwargs(site, queue, scheduler_account)
-    return job_cls(scheduler=scheduler_address, name=f"rtlib-{queue.name}-0", **kw).job_script()
+    return per_node_job_class(site, queue, job_cls)(scheduler=scheduler_address, name=f"rtlib-{queue.name}-0", **kw).job_script()
 
 
 # -- the backend -----------------------------------------------------------------
 class TaskHandle:
     """Future-like (done/result/cancel) over a dask future, which the backend can fail on its own."""
 
-    def __init__(self, pool: "_Pool | None", key: str, future: Any = None, error: BaseException | None = None):
+    def __init__(self, pool: "_Pool | None", key: str, future: Any = None, error: BaseException | None = None, call: tuple = ()):
         self.pool, self.key, self.future, self.error = pool, key, future, error
+        self.call = call  # (fn, *args) until the monitor hands it to a worker with a free thread
 
     def done(self) -> bool:
         if self.error is None and self.pool is not None:
@@ -146,7 +202,7 @@ class TaskHandle:
                 raise
             # the worker died abruptly: say which batch job it was, as for a worker that left
             worker = self.pool.running_on.get(self.key, "?")
-            batch = self.pool.batch_ids.get(worker, "?")
+            batch = self.pool.batch_ids.get(self.pool.job_of(worker), "?")
             raise WorkerLost(f"worker {worker} (batch job {batch} in queue {self.pool.queue.name}) died while running the task") from err
 
     def fail(self, error: BaseException) -> None:
@@ -166,7 +222,10 @@ class TaskHandle:
 
 @dataclass
 class _Pool:
-    """One dask-jobqueue cluster: the workers of one queue charged to one account."""
+    """One dask-jobqueue cluster: the workers of one queue charged to one account.
+
+    Bookkeeping is per batch job (dask's worker spec name, `rtlib-<queue>-<n>`); on a multi-node
+    queue each node's worker is named `<batch job>-<rank>` (see `job_of`)."""
 
     queue: Queue
     account: str | None
@@ -174,20 +233,41 @@ class _Pool:
     cluster: Any = None
     client: Any = None
     handles: dict[str, TaskHandle] = field(default_factory=dict)
+    pending: list[str] = field(default_factory=list)  # keys not yet given to a worker, oldest first
+    placed: dict[str, str] = field(default_factory=dict)  # key -> address of the worker it was given to
+    dispatch_lock: threading.RLock = field(default_factory=threading.RLock)  # no task is handed out while the monitor decides what to close
     lost: dict[str, str] = field(default_factory=dict)  # key -> why (set on the scheduler's thread)
     cancelled: set[str] = field(default_factory=set)
     running_on: dict[str, str] = field(default_factory=dict)  # key -> worker name
     joined: dict[str, float] = field(default_factory=dict)  # worker address -> time it joined
     names: dict[str, str] = field(default_factory=dict)  # worker address -> name
-    submitted: dict[str, float] = field(default_factory=dict)  # worker name -> batch job submit time
-    batch_ids: dict[str, str] = field(default_factory=dict)  # worker name -> batch job id
-    ever_connected: set[str] = field(default_factory=set)
-    idle_since: dict[str, float] = field(default_factory=dict)
+    submitted: dict[str, float] = field(default_factory=dict)  # batch job name -> submit time
+    batch_ids: dict[str, str] = field(default_factory=dict)  # batch job name -> scheduler's job id
+    ever_connected: set[str] = field(default_factory=set)  # worker names
+    idle_since: dict[str, float] = field(default_factory=dict)  # batch job name -> since when none of its workers is busy
+    draining: set[str] = field(default_factory=set)  # worker names that take no new task (too little walltime left)
     failures: list[str] = field(default_factory=list)  # submission errors not yet handled
     consecutive_failures: int = 0
     stuck_cancelled: int = 0
+    stuck_in_a_row: int = 0  # stuck batch jobs cancelled since a worker of this pool last joined
     jobs_submitted: int = 0
     lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def job_of(self, worker: str) -> str:
+        """The batch job (worker spec name) a worker belongs to."""
+        return worker.rsplit("-", 1)[0] if self.queue.nodes_per_job > 1 else worker
+
+    def occupied(self) -> set[str]:
+        """Batch jobs held now: wanted, or still being closed (their nodes are not free yet)."""
+        for _ in range(5):  # the cluster's event loop may change the dicts while we copy them
+            try:
+                return set(self.cluster.worker_spec) | set(self.cluster.workers)
+            except RuntimeError:
+                continue
+        return set(self.cluster.worker_spec)
+
+    def backlog(self) -> int:
+        return sum(1 for h in list(self.handles.values()) if h.error is None)
 
 
 def _watch_plugin(backend: "JobqueueBackend", pool: _Pool):
@@ -206,6 +286,7 @@ def _watch_plugin(backend: "JobqueueBackend", pool: _Pool):
                 self.pool.joined[worker] = time.time()
                 self.pool.names[worker] = name
                 self.pool.ever_connected.add(name)
+                self.pool.stuck_in_a_row = 0
 
         def remove_worker(self, scheduler=None, worker=None, **kwargs) -> None:
             with self.pool.lock:
@@ -226,7 +307,7 @@ def _watch_plugin(backend: "JobqueueBackend", pool: _Pool):
             elif start == "processing" and finish not in ("memory", "erred") and key not in pool.cancelled:
                 # only a worker leaving takes a running task back (work stealing is off)
                 worker = pool.running_on.get(key, "?")
-                batch = pool.batch_ids.get(worker, "?")
+                batch = pool.batch_ids.get(pool.job_of(worker), "?")
                 pool.lost[key] = f"worker {worker} (batch job {batch} in queue {pool.queue.name}) left while running the task"
 
     return _Watch()
@@ -246,12 +327,13 @@ class JobqueueBackend(ComputeBackend):
         self._stop = threading.Event()
         self._monitor: threading.Thread | None = None
         self._logdir: Path | None = None
+        self._serial = itertools.count()  # worker (batch job) numbers, unique over the pools
         self.events: list[str] = []  # what the backend did on its own (stuck job cancelled ...), for status and tests
 
     # -- ComputeBackend -------------------------------------------------------
     @property
     def slots(self) -> int:
-        return sum(q.max_nodes for q in self.site.queues) * self.opts.cores_per_node
+        return sum(q.max_nodes // q.nodes_per_job * q.nodes_per_job for q in self.site.queues) * self.opts.cores_per_node
 
     def start(self) -> None:
         dask.config.set({
@@ -278,10 +360,51 @@ class JobqueueBackend(ComputeBackend):
             pool = self._pool(q, account, scheduler_account)
         except RtlibError as err:
             return TaskHandle(None, key, error=err)
-        handle = TaskHandle(pool, key)
-        pool.handles[key] = handle  # before submitting: the plugin must know the key when it starts
-        handle.future = pool.client.submit(fn, *args, key=key, pure=False, retries=0)
+        handle = TaskHandle(pool, key, call=(fn, *args))
+        with pool.dispatch_lock:
+            pool.handles[key] = handle  # before submitting: the plugin must know the key when it starts
+            pool.pending.append(key)
+        self._dispatch(pool)  # at once when a worker has a free thread (warm start)
         return handle
+
+    def _dispatch(self, pool: _Pool) -> None:
+        """Give waiting tasks to workers with a free thread, pinned there, never to a draining worker.
+
+        Handing a task over only when a thread is free keeps dask from queueing it on a worker
+        that may be draining or about to leave; so a task starts only where its walltime fits."""
+        with pool.dispatch_lock:
+            if not pool.pending:
+                return
+            now = time.time()
+            limit_s = drain_after_s(self.site, pool.queue)
+            with pool.lock:
+                joined = list(pool.joined.items())
+            in_use: dict[str, int] = {}
+            for key, address in list(pool.placed.items()):
+                h = pool.handles.get(key)
+                if h is None or h.error is not None or (h.future is not None and h.future.done()):
+                    pool.placed.pop(key, None)
+                    continue
+                in_use[address] = in_use.get(address, 0) + 1
+            wanted = set(pool.cluster.worker_spec)
+            for address, since in sorted(joined, key=lambda item: item[1]):
+                name = pool.names.get(address, address)
+                if pool.job_of(name) not in wanted:
+                    continue  # its batch job is being closed
+                if now - since >= limit_s:
+                    self._mark_draining(pool, name, limit_s)
+                    continue
+                free = self.opts.cores_per_node - in_use.get(address, 0)
+                while free > 0 and pool.pending:
+                    key = pool.pending.pop(0)
+                    h = pool.handles.get(key)
+                    if h is None or h.error is not None or key in pool.cancelled or not h.call:
+                        continue
+                    fn, *args = h.call
+                    h.call = ()
+                    pool.placed[key] = address
+                    h.future = pool.client.submit(fn, *args, key=key, pure=False, retries=0, workers=[address], allow_other_workers=False)
+                    free -= 1
 
     def is_worker_lost(self, exc: BaseException) -> bool:
         return isinstance(exc, WorkerLost) or type(exc).__name__ in {"KilledWorker", "CommClosedError", "FutureCancelledError"}
@@ -300,9 +423,10 @@ class JobqueueBackend(ComputeBackend):
         """Batch job id -> {queue, account, worker, connected} of every worker job rtlib holds."""
         out = {}
         for pool in self.pools.values():
-            connected = set(pool.names.get(a) for a in pool.joined)
+            connected = {pool.job_of(pool.names.get(a, a)) for a in list(pool.joined)}
             for name, job_id in list(pool.batch_ids.items()):
-                out[job_id] = {"queue": pool.queue.name, "account": pool.account, "worker": name, "connected": name in connected}
+                out[job_id] = {"queue": pool.queue.name, "account": pool.account, "worker": name, "connected": name in connected,
+                               "nodes": pool.queue.nodes_per_job}  # fmt: skip
         return out
 
     def worker_running(self, key: str) -> tuple[str, str] | None:
@@ -310,7 +434,7 @@ class JobqueueBackend(ComputeBackend):
         for pool in self.pools.values():
             name = pool.running_on.get(key)
             if name is not None and key in pool.handles:
-                return name, pool.batch_ids.get(name, "")
+                return name, pool.batch_ids.get(pool.job_of(name), "")
         return None
 
     # -- pools ------------------------------------------------------------------
@@ -337,6 +461,7 @@ class JobqueueBackend(ComputeBackend):
         from distributed import Client
 
         cluster_cls, job_cls = job_classes(self.kind)
+        job_cls = per_node_job_class(self.site, pool.queue, job_cls)
         backend = self
         submit_cmd, cancel_cmd = COMMANDS[self.kind]
 
@@ -366,10 +491,12 @@ class JobqueueBackend(ComputeBackend):
         if self.opts.scheduler_host:
             scheduler_options["host"] = self.opts.scheduler_host
         cluster = cluster_cls(job_cls=WatchedJob, scheduler_options=scheduler_options, **kw)
-        # never re-use a worker name: a replacement must not be mistaken for the worker it replaces
-        serial = itertools.count()
+        # never re-use a worker name, in any pool: a replacement must not be mistaken for the worker it replaces
+        serial = self._serial
         prefix = f"rtlib-{pool.queue.name}"
         cluster._new_worker_name = lambda _number: f"{prefix}-{next(serial)}"
+        if pool.queue.nodes_per_job > 1:  # one worker per node, named <batch job>-<rank>
+            cluster.new_spec["group"] = [f"-{rank}" for rank in range(pool.queue.nodes_per_job)]
         cluster.scheduler.add_plugin(_watch_plugin(self, pool), name=f"rtlib-watch-{id(pool)}")
         client = Client(cluster, set_as_default=False)
         log.info("started a %s pool for queue %s, account %s: %s", self.kind, pool.queue.name, pool.account, cluster.scheduler_address)
@@ -402,102 +529,204 @@ class JobqueueBackend(ComputeBackend):
             return
         try:
             self._sink(account=pool.account, queue=pool.queue.name, started_at=started, ended_at=ended, nodes=1,
-                       batch_job=pool.batch_ids.get(worker), worker=worker)  # fmt: skip
+                       batch_job=pool.batch_ids.get(pool.job_of(worker)), worker=worker)  # fmt: skip
         except Exception as err:  # never lose the cluster's event loop over a store hiccup
             log.error("could not record %.1f s of worker %s for %s: %s", ended - started, worker, pool.account, err)
 
     # -- the monitor ---------------------------------------------------------------
     def _watch_loop(self) -> None:
         while not self._stop.wait(self.monitor_s):
-            for pool in list(self.pools.values()):
-                try:
-                    self._tend(pool)
-                except Exception as err:  # keep watching the other pools
-                    log.warning("jobqueue monitor: %s: %r", pool.queue.name, err)
+            self._tend_all()
 
-    def _tend(self, pool: _Pool) -> None:
+    def _tend_all(self) -> None:
+        by_queue: dict[str, list[_Pool]] = {}
+        for pool in list(self.pools.values()):
+            by_queue.setdefault(pool.queue.name, []).append(pool)
+        for pools in by_queue.values():
+            held = []
+            try:
+                for pool in pools:  # the agent's thread must not hand a task to a worker about to be closed
+                    pool.dispatch_lock.acquire()
+                    held.append(pool)
+                self._tend_queue(pools)
+            except Exception as err:  # keep watching the other queues
+                log.warning("jobqueue monitor: %s: %r", pools[0].queue.name, err)
+            finally:
+                for pool in held:
+                    pool.dispatch_lock.release()
+
+    def _tend_queue(self, pools: list[_Pool]) -> None:
+        """Repair each pool of one queue, then share the queue's max_nodes between them and scale."""
         now = time.time()
+        views = [v for v in (self._tend(pool, now) for pool in pools) if v is not None]
+        queue = pools[0].queue
+        cap = queue.max_nodes // queue.nodes_per_job  # batch jobs the queue may hold, over all its pools
+        per_job = self.opts.cores_per_node * queue.nodes_per_job
+        want = {id(v.pool): min(cap, math.ceil(v.pool.backlog() / per_job)) for v in views}
+        # each pool keeps the batch jobs that run its tasks; the rest goes, one at a time, to the pool lacking most
+        share = {id(v.pool): min(len(v.busy_jobs), cap) for v in views}
+        while sum(share.values()) < cap:
+            lacking = [v for v in views if want[id(v.pool)] > share[id(v.pool)]]
+            if not lacking:
+                break
+            v = max(lacking, key=lambda v: (want[id(v.pool)] - share[id(v.pool)], len(v.pool.occupied())))
+            share[id(v.pool)] += 1
+        pressed = any(want[id(v.pool)] > len(v.spec) for v in views)  # someone waits for nodes of this queue
+        for v in views:
+            self._shrink(v, share[id(v.pool)], now, pressed)
+        free = cap - sum(len(pool.occupied()) for pool in pools)  # every pool, also one skipped this round
+        for v in views:
+            grow = min(share[id(v.pool)] - len(v.pool.cluster.worker_spec), free)
+            if grow > 0:
+                v.pool.cluster.scale(jobs=len(v.pool.cluster.worker_spec) + grow)
+                free -= grow
+                for n in list(v.pool.cluster.worker_spec):
+                    v.pool.submitted.setdefault(n, now)
+        for pool in pools:  # last: what was decided above saw every task handed out
+            self._dispatch(pool)
+
+    def _tend(self, pool: _Pool, now: float) -> "_View | None":
+        """Forget finished tasks; handle submission failures, stuck and vanished batch jobs. None: nothing to scale now."""
         cluster = pool.cluster
-        # forget finished tasks
         for key, h in list(pool.handles.items()):
-            if h.error is not None or (h.future is not None and h.future.done()):
+            if h.error is not None or (h.future is not None and h.future.done()) or (h.future is None and key in pool.cancelled):
                 pool.handles.pop(key, None)
                 pool.lost.pop(key, None)
                 pool.cancelled.discard(key)
+                pool.placed.pop(key, None)
+                pool.running_on.pop(key, None)
         # submission failures: retry a few times, then fail the jobs that wait for a worker
         with pool.lock:
             failures, pool.failures = pool.failures, []
         if failures:
             pool.consecutive_failures += len(failures)
-            self._scale_down(pool, [n for n in cluster.worker_spec if n not in pool.batch_ids])
+            self._scale_down(pool, [n for n in cluster.worker_spec if n not in pool.batch_ids], "submission failed")
             self._note(f"{self.kind} submission to queue {pool.queue.name} failed: {failures[-1].splitlines()[0]}")
             if pool.consecutive_failures > self.opts.submit_retries:
-                err = SchedulerCommandError(
+                self._fail_waiting(pool, SchedulerCommandError(
                     f"the {self.kind} scheduler refused the worker job for queue {pool.queue.name!r} "
                     f"(account {pool.scheduler_account}) {pool.consecutive_failures} time(s): {_short(failures[-1])}; "
                     f"check the queue name, account and limits in sites.<site>.queues"
-                )
-                waiting = [h for k, h in pool.handles.items() if k not in pool.running_on]
-                for h in waiting:
-                    h.fail(err)
+                ))  # fmt: skip
                 pool.consecutive_failures = 0
-                return
-        connected = {pool.names.get(a) for a in list(pool.joined)}
+                return None
+        workers = {pool.names.get(a, a) for a in list(pool.joined)}
+        connected = {pool.job_of(w) for w in workers}
         spec = list(cluster.worker_spec)
-        # a batch job still queued past the limit: cancel it; the scaling below submits a new one
-        stuck = [n for n in spec if n in pool.batch_ids and n not in pool.ever_connected
+        # a batch job still queued past the limit: cancel it; the scaling submits a new one, a few times in a row at most
+        stuck = [n for n in spec if n in pool.batch_ids and n not in connected and not any(pool.job_of(w) == n for w in pool.ever_connected)
                  and now - pool.submitted.get(n, now) > pool.queue.queued_limit_s]  # fmt: skip
         if stuck:
+            ids = ", ".join(pool.batch_ids[n] for n in stuck)
             pool.stuck_cancelled += len(stuck)
-            self._note(f"batch job(s) {', '.join(pool.batch_ids[n] for n in stuck)} queued in {pool.queue.name} for over "
+            pool.stuck_in_a_row += len(stuck)
+            self._scale_down(pool, stuck, "stuck in the queue")
+            if pool.stuck_in_a_row > pool.queue.max_stuck_resubmits:
+                self._note(f"batch job(s) {ids} queued in {pool.queue.name} for over {pool.queue.queued_limit_s:g} s: cancelled, "
+                           f"{pool.stuck_in_a_row} in a row; the waiting jobs fail")  # fmt: skip
+                self._fail_waiting(pool, SchedulerCommandError(
+                    f"{pool.stuck_in_a_row} worker batch jobs in a row (the last: {ids}) stayed queued in {pool.queue.name!r} "
+                    f"(account {pool.scheduler_account}) for over {pool.queue.queued_limit_s:g} s and were cancelled; the queue "
+                    f"may be down, full or held: check it with squeue/qstat, or raise queued_limit_s / max_stuck_resubmits "
+                    f"in sites.<site>.queues"
+                ))  # fmt: skip
+                pool.stuck_in_a_row = 0
+                return None
+            self._note(f"batch job(s) {ids} queued in {pool.queue.name} for over "
                        f"{pool.queue.queued_limit_s:g} s: cancelled and submitted again")  # fmt: skip
-            self._scale_down(pool, stuck)
-        # a worker that left (preempted, walltime, node failure): drop its batch job so a new one can come
-        gone = [n for n in spec if n in pool.ever_connected and n not in connected]
+        # a worker that left (preempted, walltime, node failure): drop its whole batch job so a new one can come
+        gone = sorted({pool.job_of(w) for w in pool.ever_connected if w not in workers} & set(cluster.worker_spec))
         if gone:
-            self._scale_down(pool, gone)
-        spec = list(cluster.worker_spec)
-        # scale with the backlog, within the queue's node limit
-        backlog = sum(1 for h in pool.handles.values() if h.error is None)
-        target = min(pool.queue.max_nodes, math.ceil(backlog / self.opts.cores_per_node))
-        busy = {pool.running_on[k] for k in pool.handles if k in pool.running_on}
+            self._scale_down(pool, gone, "a worker left")
+        # busy: running a task, or given one that has not reached it yet
+        busy_workers = {pool.running_on[k] for k in list(pool.handles) if k in pool.running_on}
+        busy_workers |= {pool.names.get(a, a) for k, a in list(pool.placed.items()) if k in pool.handles}
+        busy_jobs = {pool.job_of(w) for w in busy_workers}
         for n in connected:
-            if n in busy:
+            if n in busy_jobs:
                 pool.idle_since.pop(n, None)
             else:
                 pool.idle_since.setdefault(n, now)
-        if target > len(spec):
-            cluster.scale(jobs=target)
-            for n in cluster.worker_spec:
-                pool.submitted.setdefault(n, now)
-        elif target < len(spec):
-            # never close a busy worker; queued batch jobs go first, then the idle-longest workers
+        self._drain(pool, now)
+        return _View(pool, list(cluster.worker_spec), connected, busy_jobs)
+
+    def _shrink(self, v: "_View", target: int, now: float, pressed: bool) -> None:
+        """Close batch jobs beyond `target`: never a busy one; queued ones first, then the longest idle.
+
+        An idle worker waits `idle_timeout_s` before it leaves, unless tasks (of this pool or another
+        pool of the queue) wait for nodes; a drained one leaves once idle."""
+        pool = v.pool
+        drained = {pool.job_of(w) for w in pool.draining}
+        close = [n for n in v.spec if n in drained and n in v.connected and n not in v.busy_jobs]
+        spec = [n for n in v.spec if n not in close]
+        if target < len(spec):
             idle = []
             for n in spec:
-                if n in busy:
-                    pool.idle_since.pop(n, None)
+                if n in v.busy_jobs:
                     continue
-                if n not in connected:
+                if n not in v.connected:
                     idle.append((0.0, n))
                     continue
                 since = pool.idle_since.setdefault(n, now)
-                if now - since >= self.opts.idle_timeout_s or backlog > 0:
+                if now - since >= self.opts.idle_timeout_s or pool.backlog() > 0 or pressed:
                     idle.append((since, n))
-            close = [n for _, n in sorted(idle)][: len(spec) - target]
-            if close:
-                self._scale_down(pool, close)
+            close += [n for _, n in sorted(idle)][: len(spec) - target]
+        self._scale_down(pool, close, f"idle or drained, share {target}, pressed {pressed}")
 
-    def _scale_down(self, pool: _Pool, names: list[str]) -> None:
+    def _drain(self, pool: _Pool, now: float) -> None:
+        """Workers whose batch walltime could end inside the longest task the queue may get take no new task."""
+        limit_s = drain_after_s(self.site, pool.queue)
+        with pool.lock:
+            joined = list(pool.joined.items())
+        for address, since in joined:
+            if now - since >= limit_s:
+                self._mark_draining(pool, pool.names.get(address, address), limit_s)
+        # a task given to a worker that left before starting it: a lost attempt, like one that ran there
+        with pool.lock:
+            up = set(pool.joined)
+        for key, address in list(pool.placed.items()):
+            h = pool.handles.get(key)
+            if address not in up and h is not None and h.error is None and key not in pool.lost and not h.done():
+                name = pool.names.get(address, address)
+                pool.lost[key] = (f"worker {name} (batch job {pool.batch_ids.get(pool.job_of(name), '?')} in queue "
+                                  f"{pool.queue.name}) left before the task started")  # fmt: skip
+
+    def _mark_draining(self, pool: _Pool, name: str, limit_s: float) -> None:
+        if name in pool.draining:
+            return
+        pool.draining.add(name)
+        self._note(f"worker {name} (batch job {pool.batch_ids.get(pool.job_of(name), '?')}) takes no new task: {limit_s:.0f} s "
+                   f"after it joined, the longest task of queue {pool.queue.name} might outlive its batch job's walltime")  # fmt: skip
+
+    def _fail_waiting(self, pool: _Pool, err: BaseException) -> None:
+        for key, h in list(pool.handles.items()):
+            if key not in pool.running_on:
+                h.fail(err)
+
+    def _scale_down(self, pool: _Pool, names: list[str], why: str) -> None:
         if not names:
             return
+        log.info("closing batch job(s) %s of queue %s, account %s: %s",
+                 ", ".join(f"{n} ({pool.batch_ids.get(n, 'not submitted')})" for n in names), pool.queue.name, pool.account, why)  # fmt: skip
         pool.cluster.sync(pool.cluster.scale_down, names)
         for n in names:
             pool.submitted.pop(n, None)
             pool.idle_since.pop(n, None)
+        pool.draining -= {w for w in pool.draining if pool.job_of(w) in set(names)}
 
     def _note(self, message: str) -> None:
         log.warning(message)
         self.events.append(message)
+
+
+@dataclass
+class _View:
+    """One pool as the monitor saw it this round."""
+
+    pool: _Pool
+    spec: list[str]  # batch jobs wanted
+    connected: set[str]  # batch jobs with a worker up
+    busy_jobs: set[str]  # batch jobs running a task
 
 
 def _short(text: str, limit: int = 600) -> str:
