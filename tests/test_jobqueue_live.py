@@ -307,7 +307,8 @@ def test_batch_job_stuck_in_the_queue_is_cancelled_and_resubmitted(tmp_path, slu
         rt.close()
 
 
-def test_pbs_cluster_runs_live_through_qsub_over_slurm(tmp_path, slurm):
+def test_pbs_cluster_runs_live_through_qsub_over_slurm(tmp_path, slurm, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # slurm-wlm-torque's qsub writes the job's .o/.e files where it runs, whatever the script says
     settings = hpc_settings(tmp_path, compute="pbs")
     rt = open_runtime(settings)
     try:
