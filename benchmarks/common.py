@@ -67,3 +67,21 @@ def render_doc() -> None:
             parts.append(r["notes"].rstrip() + "\n")
     DOC.parent.mkdir(parents=True, exist_ok=True)
     DOC.write_text("\n".join(parts))
+
+
+def pct(values: list[float], q: float) -> float:
+    """The q-th percentile (nearest rank) of `values`."""
+    v = sorted(values)
+    return v[min(len(v) - 1, int(round(q / 100 * (len(v) - 1))))]
+
+
+def fill_jobs(settings, store, n: int) -> None:
+    """`n` jobs round robin over the three beamlines and saxs/xpcs/noop, as a busy store holds them."""
+    from rtlib import jobs
+
+    kinds = ("saxs", "xpcs", "noop")
+    for i in range(n):
+        ep = ("aps", "als", "nsls2")[i % 3]
+        jobs.submit(store, settings, kinds[i % 3], source_endpoint=ep, inputs=[f"raw/bench-{i:05d}.h5"], beamline=f"{ep}-demo")
+        if i % 2000 == 1999:
+            print(f"  {i + 1} jobs", flush=True)

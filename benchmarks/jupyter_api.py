@@ -32,28 +32,17 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent / "tests"))
-from common import write_result  # noqa: E402
+from common import fill_jobs, pct, write_result  # noqa: E402
 from helpers import free_port  # noqa: E402
 
 from rtlib import config as cfg  # noqa: E402
-from rtlib import jobs as jobops  # noqa: E402
 from rtlib.manager import JobManager  # noqa: E402
 from rtlib.states import State  # noqa: E402
 from rtlib.store import JobStore  # noqa: E402
 
 
-def pct(values: list[float], q: float) -> float:
-    v = sorted(values)
-    return v[min(len(v) - 1, int(round(q / 100 * (len(v) - 1))))]
-
-
 def fill(settings, store: JobStore, n: int) -> None:
-    kinds = ("saxs", "xpcs", "noop")
-    for i in range(n):
-        ep = ("aps", "als", "nsls2")[i % 3]
-        jobops.submit(store, settings, kinds[i % 3], source_endpoint=ep, inputs=[f"raw/bench-{i:05d}.h5"], beamline=f"{ep}-demo")
-        if i % 2000 == 1999:
-            print(f"  {i + 1} jobs", flush=True)
+    fill_jobs(settings, store, n)
 
 
 def start_server(ws: Path, port: int, token: str) -> subprocess.Popen:

@@ -31,7 +31,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent / "tests"))
-from common import write_result  # noqa: E402
+from common import fill_jobs, pct, write_result  # noqa: E402
 from labserver import LabServer, launch_chromium  # noqa: E402
 
 from rtlib import config as cfg  # noqa: E402
@@ -54,23 +54,13 @@ WATCH = """([id, state]) => {
 }"""
 
 
-def pct(values: list[float], q: float) -> float:
-    v = sorted(values)
-    return v[min(len(v) - 1, int(round(q / 100 * (len(v) - 1))))]
-
-
 def fill(workspace: Path, n: int):
     for var in ("RTLIB_CONFIG", "RTLIB_STORE_URL"):
         os.environ.pop(var, None)
     settings = cfg.load(workspace=workspace)
     cfg.ensure_workspace(settings)
     store = open_store(settings.store)
-    kinds = ("saxs", "xpcs", "noop")
-    for i in range(n):
-        ep = ("aps", "als", "nsls2")[i % 3]
-        jobops.submit(store, settings, kinds[i % 3], source_endpoint=ep, inputs=[f"raw/bench-{i:05d}.h5"], beamline=f"{ep}-demo")
-        if i % 2000 == 1999:
-            print(f"  {i + 1} jobs", flush=True)
+    fill_jobs(settings, store, n)
     return settings, store
 
 
