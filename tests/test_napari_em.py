@@ -79,6 +79,120 @@ def test_reader_is_offered_only_for_results(result, tmp_path):
     assert get_reader(str(tmp_path)) is None and get_reader([str(result), str(result)]) is None
 
 
+def test_viewer_model_gets_every_stage_in_nm_consistent_with_the_result_files(result):
+    """Headless (napari.components.ViewerModel, no display): layer kinds, the physical scale, and skeletons and
+    graph nodes that are the result's SWC files and GraphML, lying inside their neurons' segmentation."""
+    import zarr
+    from napari.components import ViewerModel
+
+    from rtlib.napari_plugin import add_result_layers
+    from rtlib.workloads.connectomics import io
+    from rtlib.workloads.connectomics.graph import read_graphml
+    from rtlib.workloads.connectomics.skeleton import read_swc
+
+    group = zarr.open_group(str(result), mode="r")
+    scale = np.array(group.attrs["scale_nm"])
+    np.testing.assert_allclose(scale, [40.0, 16.0, 16.0])  # section thickness and pixel size of the synthetic data
+    viewer = ViewerModel()
+    added = add_result_layers(viewer, result)
+    assert [layer.name for layer in added] == [layer.name for layer in viewer.layers] == list(STAGES)
+    kinds = {layer.name: type(layer).__name__ for layer in viewer.layers}
+    assert kinds == {"tiles": "Image", "mosaic": "Image", "image": "Image", "mask": "Labels", "boundary": "Image",
+                     "foreground": "Image", "segmentation": "Labels", "skeletons": "Shapes", "graph nodes": "Points",
+                     "graph edges": "Shapes"}
+    for name in ("image", "mask", "boundary", "foreground", "segmentation", "skeletons", "graph nodes", "graph edges"):
+        np.testing.assert_allclose(viewer.layers[name].scale, scale, err_msg=name)
+    np.testing.assert_allclose(viewer.layers["tiles"].scale, [1.0, *scale])
+    # the mosaic's canvas starts before the frame's origin (tile 00_00's top-left pixel), by the pad, in nm
+    pad = np.array(group.attrs["canvas_origin_px"])
+    np.testing.assert_allclose(viewer.layers["mosaic"].translate, [0.0, pad[0] * scale[1], pad[1] * scale[2]])
+    segmentation = group[io.SEGMENTATION][...]
+    np.testing.assert_array_equal(np.asarray(viewer.layers["segmentation"].data), segmentation)
+    np.testing.assert_array_equal(np.asarray(viewer.layers["mask"].data), group[io.MASK][...].astype(np.uint8))
+    np.testing.assert_array_equal(np.asarray(viewer.layers["image"].data), group[io.IMAGE][...])
+
+    # skeletons: one path per SWC edge, at the SWC's vertices (x y z in nm) once the layer's scale is applied
+    layer = viewer.layers["skeletons"]
+    shown: dict[int, list] = {}
+    for path, label in zip(layer.data, layer.features["label"]):
+        world = np.asarray(path) * scale  # z y x, nm
+        assert world.shape == (2, 3)
+        shown.setdefault(int(label), []).append(world)
+    swcs = sorted((result / io.SKELETONS).glob("*.swc"))
+    assert len(swcs) > 5 and set(shown) == {int(p.stem) for p in swcs}
+    inside = []
+    for swc in swcs:
+        vertices, edges = read_swc(swc)
+        zyx = vertices[:, ::-1]
+        np.testing.assert_allclose(_segments(shown[int(swc.stem)]), _segments([zyx[[a, b]] for a, b in edges]),
+                                   atol=1e-3, err_msg=swc.name)
+        voxel = np.rint(zyx / scale).astype(int).clip(0, np.array(segmentation.shape) - 1)
+        inside.append((segmentation[tuple(voxel.T)] == int(swc.stem)).mean())
+    assert min(inside) > 0.9, inside  # the skeleton lies in its own neuron: the layer is in the labels' frame
+
+    # graph nodes: a point per GraphML node at its centroid; the centroid is the neuron's in the segmentation
+    graph = read_graphml(result / io.GRAPH)
+    points = viewer.layers["graph nodes"]
+    labels = [int(v) for v in points.features["label"]]
+    assert labels == sorted(graph.nodes) == sorted(int(v) for v in np.unique(segmentation[segmentation > 0]))
+    assert [int(d) for d in points.features["degree"]] == [graph.degree[n] for n in labels]
+    for label, point in zip(labels, np.asarray(points.data)):
+        np.testing.assert_allclose(point * scale, [graph.nodes[label][f"{a}_nm"] for a in "zyx"], rtol=1e-6)
+        centroid = np.argwhere(segmentation == label).mean(axis=0) * scale
+        np.testing.assert_allclose(point * scale, centroid, atol=1e-3, err_msg=str(label))
+    edges = viewer.layers["graph edges"]
+    assert len(edges.data) == graph.number_of_edges() > 0
+    assert sorted(float(a) for a in edges.features["area_nm2"]) == sorted(d["area_nm2"] for *_, d in graph.edges(data=True))
+
+
+def _segments(segments) -> np.ndarray:
+    """Line segments (2, 3) as one array in a canonical order: each segment's ends sorted, then the segments."""
+    ends = np.array([seg[np.lexsort(seg.T[::-1])] for seg in segments]).reshape(len(segments), 6)
+    return ends[np.lexsort(ends.T[::-1])]
+
+
+def test_rtlib_view_opens_the_result_in_a_viewer_and_runs_napari(result, monkeypatch, tmp_path):
+    """`rtlib view RESULT`: a viewer titled after the result gets every stage and the stages dock widget,
+    then napari's event loop runs. napari.Viewer, napari.run and the Qt widget are stand-ins (no display)."""
+    import napari
+    from napari.components import ViewerModel
+    from typer.testing import CliRunner
+
+    import rtlib.napari_plugin as plugin
+    from rtlib.cli import app
+    from rtlib.errors import RtlibError
+
+    made, docked, runs = [], [], []
+
+    class Window:
+        def add_dock_widget(self, widget, name=None, area=None):
+            docked.append((widget, name, area))
+
+    class HeadlessViewer(ViewerModel):
+        def __init__(self, title="napari", **kwargs):
+            super().__init__(title=title)
+            object.__setattr__(self, "_test_window", Window())
+            made.append(self)
+
+        @property
+        def window(self):
+            return self._test_window
+
+    monkeypatch.setattr(napari, "Viewer", HeadlessViewer)
+    monkeypatch.setattr(napari, "run", lambda *a, **k: runs.append(len(docked)))
+    monkeypatch.setattr(plugin, "stages_widget", lambda viewer: ("stages widget for", viewer))
+    out = CliRunner().invoke(app, ["view", str(result)])
+    assert out.exit_code == 0, out.output
+    assert len(made) == 1 and made[0].title == f"rtlib: {result.name}"
+    assert [layer.name for layer in made[0].layers] == list(STAGES)
+    assert docked == [(("stages widget for", made[0]), "Connectomics stages", "right")]
+    assert runs == [1]  # the event loop started once, after the widget was docked
+
+    out = CliRunner().invoke(app, ["view", str(tmp_path)])  # not a result: a clear error (cli.main prints it), no viewer
+    assert isinstance(out.exception, RtlibError) and "is not an rtlib connectomics result" in str(out.exception), out
+    assert len(made) == 1
+
+
 def _read_png(path):
     from PIL import Image
 

@@ -50,7 +50,7 @@ def run(params: ConnectomicsParams, inputs: list[Path], outdir: Path, progress: 
              "canvas_origin_px": [-_CANVAS_PAD_PX, -_CANVAS_PAD_PX], "parameters": params.model_dump(mode="json")}
     io.create_result(result, shape, layout, block, _CANVAS_PAD_PX, attrs)
     timings: dict[str, float] = {}
-    stitch_residuals = stitch_align_mask(sections, layout, params, result, progress, timings)
+    stitch_residuals, stitch_warnings = stitch_align_mask(sections, layout, params, result, progress, timings)
 
     from .blockwise import BlockGrid, ZarrArrays, contacts_blocks, describe, label_summary_blocks, predict_blocks, segment_blocks
     from .graph import graph_from_tables, write_graphml
@@ -99,6 +99,7 @@ def run(params: ConnectomicsParams, inputs: list[Path], outdir: Path, progress: 
         "contacts": graph.number_of_edges(),
         "masked_fraction": round(mask_fraction, 4),
         "stitch_residual_px": round(float(np.max(stitch_residuals)), 4) if stitch_residuals else 0.0,
+        "stitch_warnings": stitch_warnings,
         "cable_length_um": round(sum(cables.values()) / 1000, 3),
         **describe(grid),
         "split_over_workers": used_client,
@@ -107,10 +108,11 @@ def run(params: ConnectomicsParams, inputs: list[Path], outdir: Path, progress: 
 
 
 def stitch_align_mask(sections: list[Path], layout: io.Layout, params: ConnectomicsParams, result: Path,
-                      progress: ProgressFn, timings: dict[str, float]) -> list[float]:
+                      progress: ProgressFn, timings: dict[str, float]) -> tuple[list[float], list[str]]:
     """Tiles, mosaic, aligned image and mask of every section, written to ``result`` one section at a time.
 
-    Returns the stitching residual (px) of each section."""
+    Returns the stitching residual (px) of each section and the stitching warnings (also in the result's
+    ``stitch_warnings`` attribute); a section whose tiles cannot be stitched is an InputDataError."""
     import zarr
 
     from .mask import section_mask
@@ -127,12 +129,14 @@ def stitch_align_mask(sections: list[Path], layout: io.Layout, params: Connectom
                  "min_area_px": int(params.mask_min_area_um2 * 1e6 / layout.pixel_size_nm**2),
                  "margin_px": int(round(params.mask_margin_nm / layout.pixel_size_nm))}
     keys = [(r, c) for r in range(layout.rows) for c in range(layout.cols)]
-    residuals = []
+    residuals, warnings = [], []
     stitch_s = align_s = mask_s = 0.0
     for z, folder in enumerate(sections):
         tiles = io.read_section(folder, layout)
         started = time.perf_counter()
-        stitched = stitch_section(tiles, (layout.rows, layout.cols), layout.overlap_px, upsample=params.stitch_upsample)
+        stitched = stitch_section(tiles, (layout.rows, layout.cols), layout.overlap_px, upsample=params.stitch_upsample,
+                                  section=f"section {folder.name} ({folder})")
+        warnings.extend(stitched.warnings)
         mosaic, cov = fuse(tiles, stitched.positions_px, canvas, (-pad, -pad))
         residuals.append(stitched.residual_px)
         stitch_s += time.perf_counter() - started
@@ -152,7 +156,8 @@ def stitch_align_mask(sections: list[Path], layout: io.Layout, params: Connectom
     timings["stitch_s"] = stitch_s
     timings["align_s"] = align_s
     timings["mask_s"] = mask_s
-    return residuals
+    group.attrs["stitch_warnings"] = warnings
+    return residuals, warnings
 
 
 workload = Workload(

@@ -8,6 +8,13 @@ weak pull towards the nominal grid for tiles whose overlaps carry no
 texture), so that one bad pair cannot tear the mosaic. Tiles are fused by
 linear interpolation at their sub-pixel positions, blended with weights
 that fall to zero at each tile's border.
+
+A bad fit fails loudly rather than giving a torn mosaic: a textured pair whose
+strips do not correlate at the measured offset is dropped from the solve, and
+a tile left with no measured path to tile 00_00, or pairs that still disagree
+after the solve, are an InputDataError naming the section and the pairs.
+Offsets up to +-d px need an overlap of about 2d + 16 px (the strips must
+still share 8 px); the synthetic default, +-15 px in a 64-px overlap, does.
 """
 
 from __future__ import annotations
@@ -20,8 +27,15 @@ from skimage.registration import phase_cross_correlation
 
 # Weight of the pull of every tile towards its nominal position, against 1 for a good pair measurement.
 _NOMINAL_PULL = 1e-3
-# A pair whose overlap has less texture than this (gray-level std) is not measured.
+# A pair whose overlap has less texture than this (gray-level std after smoothing by _TEXTURE_SIGMA_PX) is not measured.
 _MIN_TEXTURE_GRAY = 4.0
+_TEXTURE_SIGMA_PX = 1.5
+# Two strips registered at their offset share at least this many px across and along the overlap ...
+_MIN_COMMON_PX = 8
+# ... and correlate (Pearson, on the common part) at least this well; a wrong match on EM texture correlates far less.
+MIN_PAIR_CORRELATION = 0.8
+# After the global solve, the measured pairs disagree with the positions by at most this (RMS), px.
+MAX_RESIDUAL_PX = 1.0
 
 
 @dataclass(frozen=True)
@@ -29,7 +43,12 @@ class PairOffset:
     a: tuple[int, int]
     b: tuple[int, int]
     offset_px: np.ndarray  # measured position of b minus position of a, (dy, dx)
-    weight: float
+    weight: float  # 0: not used in the solve (no texture, or rejected)
+    correlation: float = float("nan")  # Pearson correlation of the strips at the offset; NaN: not measured (no texture)
+
+    @property
+    def name(self) -> str:
+        return f"tile_{self.a[0]:02d}_{self.a[1]:02d} / tile_{self.b[0]:02d}_{self.b[1]:02d}"
 
 
 @dataclass(frozen=True)
@@ -37,34 +56,52 @@ class StitchResult:
     positions_px: dict[tuple[int, int], np.ndarray]  # top-left corner of each tile, (y, x), in tile 00_00's frame
     pairs: list[PairOffset]
     residual_px: float  # RMS misfit of the pair measurements after the global solve
+    warnings: tuple[str, ...] = ()  # what the solve could not measure (tiles left at their nominal place, pairs dropped)
 
 
 def nominal_position(row: int, col: int, tile_px: tuple[int, int], overlap_px: int) -> np.ndarray:
     return np.array([row * (tile_px[0] - overlap_px), col * (tile_px[1] - overlap_px)], dtype=np.float64)
 
 
-def measure_pair(tile_a: np.ndarray, tile_b: np.ndarray, axis: int, overlap_px: int, upsample: int) -> tuple[np.ndarray, float]:
-    """Offset of b relative to its nominal place beside a (b right of a: axis 1; below: axis 0) and a weight."""
+def measure_pair(tile_a: np.ndarray, tile_b: np.ndarray, axis: int, overlap_px: int, upsample: int) -> tuple[np.ndarray, float, float]:
+    """Offset of b relative to its nominal place beside a (b right of a: axis 1; below: axis 0), a weight, and the
+    correlation (Pearson) of the two strips on their common part at that offset.
+
+    A pair without texture is not measured (weight 0, correlation NaN). A correlation of ``-1.0`` means the
+    offset leaves less than ``_MIN_COMMON_PX`` of the strips in common: the overlap is too small for it."""
     if axis == 1:
         strip_a, strip_b = tile_a[:, -overlap_px:], tile_b[:, :overlap_px]
     else:
         strip_a, strip_b = tile_a[-overlap_px:, :], tile_b[:overlap_px, :]
     strip_a = strip_a.astype(np.float64)
     strip_b = strip_b.astype(np.float64)
-    if min(strip_a.std(), strip_b.std()) < _MIN_TEXTURE_GRAY:
-        return np.zeros(2), 0.0
+    # texture, not noise: imaging noise (a few gray levels per pixel) is smoothed away, membranes and grain are not
+    if min(ndi.gaussian_filter(s, _TEXTURE_SIGMA_PX).std() for s in (strip_a, strip_b)) < _MIN_TEXTURE_GRAY:
+        return np.zeros(2), 0.0, float("nan")
     coarse, error, _ = phase_cross_correlation(strip_a - strip_a.mean(), strip_b - strip_b.mean(),
                                                upsample_factor=upsample, normalization=None)
     # Refine on the part both strips really share: the periodic wrap-around of the first estimate
     # pulls it towards zero by up to a tenth of a pixel; after shifting b, no wrap-around is left.
+    common = _common_part(coarse, strip_a.shape)
+    if common is None:
+        return np.asarray(coarse, dtype=np.float64), 0.0, -1.0
     moved = ndi.shift(strip_b, coarse, order=3, mode="nearest")
-    common = tuple(slice(max(0, int(np.ceil(c))) + 1, n + min(0, int(np.floor(c))) - 1) for c, n in zip(coarse, strip_a.shape))
-    if all(sl.stop - sl.start >= 8 for sl in common):
-        a, b = strip_a[common], moved[common]
-        fine, _, _ = phase_cross_correlation(a - a.mean(), b - b.mean(), upsample_factor=4 * upsample, normalization=None)
-        coarse = coarse + fine
+    a, b = strip_a[common], moved[common]
+    fine, _, _ = phase_cross_correlation(a - a.mean(), b - b.mean(), upsample_factor=4 * upsample, normalization=None)
+    offset = np.asarray(coarse + fine, dtype=np.float64)
+    common = _common_part(offset, strip_a.shape)
+    if common is None:
+        return offset, 0.0, -1.0
+    moved = ndi.shift(strip_b, offset, order=3, mode="nearest")
+    correlation = float(np.corrcoef(strip_a[common].ravel(), moved[common].ravel())[0, 1])
     weight = float(max(0.0, 1.0 - error))
-    return np.asarray(coarse, dtype=np.float64), weight
+    return offset, weight, correlation
+
+
+def _common_part(offset, shape) -> tuple[slice, slice] | None:
+    """The part of strip a that strip b, moved by ``offset``, covers (a pixel in from each cut), if large enough."""
+    common = tuple(slice(max(0, int(np.ceil(c))) + 1, n + min(0, int(np.floor(c))) - 1) for c, n in zip(offset, shape))
+    return common if all(sl.stop - sl.start >= _MIN_COMMON_PX for sl in common) else None
 
 
 def solve_positions(grid: tuple[int, int], pairs: list[PairOffset], nominal: dict[tuple[int, int], np.ndarray]) -> tuple[dict, float]:
@@ -107,20 +144,73 @@ def solve_positions(grid: tuple[int, int], pairs: list[PairOffset], nominal: dic
 
 
 def stitch_section(tiles: dict[tuple[int, int], np.ndarray], grid: tuple[int, int], overlap_px: int,
-                   upsample: int = 20) -> StitchResult:
-    """Tile positions of one section from its tiles ``{(row, col): image}``."""
+                   upsample: int = 20, *, section: str = "the section", min_correlation: float = MIN_PAIR_CORRELATION,
+                   max_residual_px: float = MAX_RESIDUAL_PX) -> StitchResult:
+    """Tile positions of one section from its tiles ``{(row, col): image}``.
+
+    A textured pair whose strips do not match at the measured offset (correlation below ``min_correlation``,
+    or too little left in common) is dropped from the solve. It is an InputDataError, naming ``section``
+    and the pairs, when that leaves a tile with no measured path to tile 00_00, or when the pairs kept
+    disagree with the solved positions by more than ``max_residual_px`` (RMS): the fit is bad, so the
+    mosaic would be torn. Tiles whose overlaps have no texture keep their nominal place; the result's
+    ``warnings`` say so."""
+    from ...errors import InputDataError
+
     tile_px = next(iter(tiles.values())).shape
     nominal = {k: nominal_position(*k, tile_px, overlap_px) for k in tiles}
-    pairs = []
+    pairs, rejected = [], []
     for (r, c), tile in tiles.items():
         for axis, other in ((1, (r, c + 1)), (0, (r + 1, c))):
             if other not in tiles:
                 continue
-            residual, weight = measure_pair(tile, tiles[other], axis, overlap_px, upsample)
+            residual, weight, correlation = measure_pair(tile, tiles[other], axis, overlap_px, upsample)
             offset = nominal[other] - nominal[(r, c)] + residual
-            pairs.append(PairOffset((r, c), other, offset, weight))
+            pair = PairOffset((r, c), other, offset, weight, correlation)
+            if not np.isnan(correlation) and correlation < min_correlation:
+                pair = PairOffset((r, c), other, offset, 0.0, correlation)
+                rejected.append(pair)
+            pairs.append(pair)
     positions, misfit = solve_positions(grid, pairs, nominal)
-    return StitchResult(positions, pairs, misfit)
+    placed = _reachable_from_origin(tiles, [p for p in pairs if p.weight > 0])
+    unplaced = sorted(set(tiles) - placed)
+    advice = (f"the tiles are likely further from their nominal places than the {overlap_px}-px overlap allows "
+              f"(offsets up to +-d px need an overlap of about 2d + {2 * _MIN_COMMON_PX} px); re-acquire with more overlap "
+              "or correct overlap_px in layout.json")
+
+    def describe(p: PairOffset) -> str:
+        why = "too little in common" if p.correlation == -1.0 else f"correlation {p.correlation:.2f} < {min_correlation:g}"
+        return f"{p.name} ({why})"
+
+    if unplaced and any(p.a in unplaced or p.b in unplaced for p in rejected):
+        names = ", ".join(f"tile_{r:02d}_{c:02d}" for r, c in unplaced)
+        raise InputDataError(f"stitching {section} failed: {names} cannot be placed, their overlaps do not match: "
+                             f"{'; '.join(describe(p) for p in rejected)}; {advice}")
+    if misfit > max_residual_px:
+        worst = sorted((p for p in pairs if p.weight > 0),
+                       key=lambda p: -np.linalg.norm(positions[p.b] - positions[p.a] - p.offset_px))[:3]
+        raise InputDataError(f"stitching {section} failed: the tile pairs disagree by {misfit:.2f} px RMS after the "
+                             f"least-squares solve (more than {max_residual_px:g} px), worst {', '.join(p.name for p in worst)}; "
+                             f"{advice}")
+    warnings = [f"{section}: pair {describe(p)} dropped from the solve" for p in rejected]
+    if unplaced:
+        warnings.append(f"{section}: {', '.join(f'tile_{r:02d}_{c:02d}' for r, c in unplaced)} left at the nominal "
+                        "position (their overlaps have no texture to register)")
+    return StitchResult(positions, pairs, misfit, tuple(warnings))
+
+
+def _reachable_from_origin(tiles, pairs: list[PairOffset]) -> set[tuple[int, int]]:
+    """Tiles joined to tile (0, 0) through measured pairs."""
+    neighbours: dict[tuple[int, int], list] = {k: [] for k in tiles}
+    for p in pairs:
+        neighbours[p.a].append(p.b)
+        neighbours[p.b].append(p.a)
+    seen, todo = {(0, 0)}, [(0, 0)]
+    while todo:
+        for n in neighbours.get(todo.pop(), []):
+            if n not in seen:
+                seen.add(n)
+                todo.append(n)
+    return seen & set(tiles)
 
 
 def _feather(shape: tuple[int, int]) -> np.ndarray:
