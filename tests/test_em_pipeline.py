@@ -194,11 +194,8 @@ def test_the_chain_in_small_blocks_never_holds_the_volume_and_gives_the_same_res
 
 
 # The segmentation over other synthetic volumes (seeds), through the workload (the notebook run above is seed 21).
-# The graph and the baseline comparison hold on all three. The adapted Rand error holds on 21 and 5 only: on
-# seed 8 it is 0.18, because near the frame's bottom-left corner, where tiles 15 px off their place left
-# part of a neuron unimaged, the U-Net's interior probability drops over the imaged rest of it too.
+# Seed 8 has tiles 15 px off their place next to neurons at the frame's edges (the bottom-left corner, the top).
 SEEDS = (21, 5, 8)
-ADAPTED_RAND_SEEDS = (21, 5)
 
 
 @pytest.fixture(scope="module")
@@ -234,7 +231,7 @@ def test_graph_precision_recall_and_the_baseline_over_seeds(seed_runs, seed):
     assert scores["voi"] < baseline["voi"], (scores, baseline)
 
 
-@pytest.mark.parametrize("seed", ADAPTED_RAND_SEEDS)
+@pytest.mark.parametrize("seed", SEEDS)
 def test_adapted_rand_error_over_seeds(seed_runs, seed):
     truth, group, _ = seed_runs(seed)
     scores = evaluate_segmentation(truth["labels"], group[io.SEGMENTATION][...])

@@ -11,7 +11,7 @@ from rtlib.synth.em import inverse_displacement, make_world, read_ground_truth, 
 from rtlib.workloads.connectomics import io
 from rtlib.workloads.connectomics.align import AlignSettings, SectionAligner
 from rtlib.workloads.connectomics.graph import contact_graph, read_graphml, write_graphml
-from rtlib.workloads.connectomics.mask import mask_volume
+from rtlib.workloads.connectomics.mask import fill_uncovered, mask_volume
 from rtlib.workloads.connectomics.skeleton import cable_length_nm, read_swc, skeletonize, write_swc
 from rtlib.workloads.connectomics.stitch import fuse, stitch_section
 
@@ -206,6 +206,20 @@ def test_mask_matches_vessel_and_tissue_edge(dataset, stacked):
     iou = (m & t).sum() / (m | t).sum()
     assert iou > 0.7, iou
     assert not mask[covered & (truth["labels"] > 0)].mean() > 0.05  # neurons are kept
+
+
+def test_pixels_no_tile_covered_take_the_nearest_covered_value(stacked):
+    images, covered = stacked[2], stacked[3]
+    z = int(np.argmax((~covered).sum(axis=(1, 2))))  # the section with the most unimaged pixels
+    image, cov = images[z], covered[z]
+    assert (~cov).sum() > 100 and image[~cov].mean() < image[cov].mean() / 2  # dark where nothing was imaged
+    filled = fill_uncovered(image, cov)
+    np.testing.assert_array_equal(filled[cov], image[cov])
+    ys, xs = np.nonzero(cov)
+    for y, x in zip(*np.nonzero(~cov)):  # brute force: the value of a covered pixel at the least distance
+        d2 = (ys - y) ** 2 + (xs - x) ** 2
+        assert filled[y, x] in image[ys[d2 == d2.min()], xs[d2 == d2.min()]], (y, x)
+    assert fill_uncovered(image, np.ones_like(cov)) is image and fill_uncovered(image, np.zeros_like(cov)) is image
 
 
 def test_skeletons_and_graph_of_the_ground_truth(dataset, tmp_path):

@@ -115,7 +115,7 @@ def stitch_align_mask(sections: list[Path], layout: io.Layout, params: Connectom
     ``stitch_warnings`` attribute); a section whose tiles cannot be stitched is an InputDataError."""
     import zarr
 
-    from .mask import section_mask
+    from .mask import fill_uncovered, section_mask
     from .stitch import fuse, stitch_section
 
     group = zarr.open_group(str(result), mode="r+")
@@ -146,6 +146,7 @@ def stitch_align_mask(sections: list[Path], layout: io.Layout, params: Connectom
         align_s += time.perf_counter() - started
         started = time.perf_counter()
         mask = section_mask(image, valid, **mask_args)
+        image = fill_uncovered(image, valid)  # what the U-Net reads; the mask excludes these pixels
         mask_s += time.perf_counter() - started
         group[io.TILES][z] = np.stack([tiles[k] for k in keys])
         group[io.TILE_POSITIONS][z] = np.stack([stitched.positions_px[k] for k in keys])

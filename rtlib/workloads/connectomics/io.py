@@ -12,7 +12,8 @@ Result layout (``RESULT.zarr``; volumes chunked as the processing blocks)::
     tile_positions_px  (z, n, 2) float64     stitched top-left corner (y, x) of each tile, section frame
     mosaic             (z, Y, X) uint8       stitched, not yet aligned sections on a canvas whose pixel
                                              (0, 0) is at attrs["canvas_origin_px"] of the section frame
-    image              (z, y, x) uint8       stitched and aligned stack, in the frame of section 0's tile 00_00
+    image              (z, y, x) uint8       stitched and aligned stack, in the frame of section 0's tile 00_00;
+                                             pixels no tile covered hold their nearest covered value (masked)
     mask               (z, y, x) bool        true = excluded (out of tissue, vessel, no data)
     boundary           (z, y, x) uint8       membrane probability x 255 (the network's output)
     foreground         (z, y, x) uint8       neuron-interior probability x 255 (the network's output)

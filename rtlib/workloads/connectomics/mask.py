@@ -21,14 +21,25 @@ def flat_bright(section: np.ndarray, *, min_gray: float, max_texture_gray: float
     return (mean >= min_gray) & (texture <= max_texture_gray)
 
 
+def fill_uncovered(section: np.ndarray, covered: np.ndarray) -> np.ndarray:
+    """``section`` with every pixel no tile covered set to its nearest covered pixel's value (a copy if any changed).
+
+    The stitched frame's edges can lack data where tiles lay up to 15 px off their nominal place; a black
+    band there reads as membrane to the U-Net, whose 3D receptive field then doubts the interior of a
+    neuron at the frame edge in the sections around too. Filled, the band continues the tissue beside it.
+    """
+    if covered.all() or not covered.any():
+        return section
+    _, nearest = ndi.distance_transform_edt(~covered, return_indices=True)
+    return section[tuple(nearest)]
+
+
 def section_mask(section: np.ndarray, covered: np.ndarray, *, min_gray: float = 205.0, max_texture_gray: float = 6.0,
                  min_area_px: int = 80, margin_px: int = 6, window_px: int = 7) -> np.ndarray:
     """Bool mask of one aligned section (true = not target tissue)."""
     if not covered.any():
         return np.ones(section.shape, dtype=bool)
-    if not covered.all():  # pixels without data take their nearest covered value, so borders look flat, not edged
-        _, nearest = ndi.distance_transform_edt(~covered, return_indices=True)
-        section = section[tuple(nearest)]
+    section = fill_uncovered(section, covered)  # so borders look flat, not edged
     candidate = flat_bright(section, min_gray=min_gray, max_texture_gray=max_texture_gray, window_px=window_px) & covered
     candidate = ndi.binary_opening(candidate, iterations=2)
     labels, n = ndi.label(candidate)
