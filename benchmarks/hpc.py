@@ -63,6 +63,12 @@ def ready_to_start_s(rt, job_id: int) -> float:
     return started - events["STAGED_IN"]
 
 
+def _workers_up(rt) -> bool:
+    """Whether any pool still has a batch job or a worker (the compute backend starts with the first agent)."""
+    pools = rt.compute.pools.values() if rt.compute is not None else ()
+    return any(p.cluster.worker_spec or p.joined for p in pools)
+
+
 def latency(ws: Path, reps: int, *, warm: bool) -> list[float]:
     settings = settings_for(ws, idle_timeout_s=120 if warm else 0.5, max_nodes=1)
     rt = open_runtime(settings)
@@ -74,9 +80,9 @@ def latency(ws: Path, reps: int, *, warm: bool) -> list[float]:
         for i in range(reps):
             if not warm:  # wait until the idle worker has left: scaled to zero
                 deadline = time.monotonic() + 30
-                while any(p.cluster.worker_spec or p.joined for p in rt.compute.pools.values()) and time.monotonic() < deadline:
+                while _workers_up(rt) and time.monotonic() < deadline:
                     time.sleep(0.1)
-                assert not any(p.cluster.worker_spec or p.joined for p in rt.compute.pools.values()), "a worker is still up: not a cold start"
+                assert not _workers_up(rt), "a worker is still up: not a cold start"
             jid = jobs.submit(rt.store, settings, "noop", source_endpoint="aps", inputs=[_input(settings, i)],
                               params={"sleep_s": 0.2}, site="hpc", beamline="aps-demo")  # fmt: skip
             rt.agent("hpc").run(until_idle=True, max_seconds=120)
