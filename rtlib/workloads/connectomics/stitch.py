@@ -13,8 +13,12 @@ A bad fit fails loudly rather than giving a torn mosaic: a textured pair whose
 strips do not correlate at the measured offset is dropped from the solve, and
 a tile left with no measured path to tile 00_00, or pairs that still disagree
 after the solve, are an InputDataError naming the section and the pairs.
-Offsets up to +-d px need an overlap of about 2d + 16 px (the strips must
-still share 8 px); the synthetic default, +-15 px in a 64-px overlap, does.
+Offsets up to +-d px need an overlap of about 4d px (two tiles can differ by
+2d, and the strips must still share half their width: on less, texture
+matches somewhere by chance); the synthetic default, +-15 px in a 64-px
+overlap, does. Strips are judged on their correlation after smoothing away
+imaging noise, and when the highest phase-correlation peak is not a match,
+the next peaks (and their periodic twins) are tried.
 """
 
 from __future__ import annotations
@@ -27,15 +31,21 @@ from skimage.registration import phase_cross_correlation
 
 # Weight of the pull of every tile towards its nominal position, against 1 for a good pair measurement.
 _NOMINAL_PULL = 1e-3
-# A pair whose overlap has less texture than this (gray-level std after smoothing by _TEXTURE_SIGMA_PX) is not measured.
-_MIN_TEXTURE_GRAY = 4.0
+# A pair whose overlap has less texture than this (gray-level std of the strip smoothed by _TEXTURE_SIGMA_PX,
+# less its shading at _SHADING_SIGMA_PX) is not measured.
+_MIN_TEXTURE_GRAY = 5.0
 _TEXTURE_SIGMA_PX = 1.5
-# Two strips registered at their offset share at least this many px across and along the overlap ...
+_SHADING_SIGMA_PX = 5.0
+# Right matches of textured strips correlate above this; below it, the phase correlation's other peaks are tried.
+_SURE_MATCH = 0.9
+# Two strips registered at their offset share at least half of each strip (and this many px) ...
 _MIN_COMMON_PX = 8
 # ... and correlate (Pearson, on the common part) at least this well; a wrong match on EM texture correlates far less.
-MIN_PAIR_CORRELATION = 0.8
+MIN_PAIR_CORRELATION = 0.88
 # After the global solve, the measured pairs disagree with the positions by at most this (RMS), px.
 MAX_RESIDUAL_PX = 1.0
+# A pair that disagrees with the solved positions by more than this is dropped (while the tiles stay linked), px.
+OUTLIER_PX = 2.0
 
 
 @dataclass(frozen=True)
@@ -65,7 +75,7 @@ def nominal_position(row: int, col: int, tile_px: tuple[int, int], overlap_px: i
 
 def measure_pair(tile_a: np.ndarray, tile_b: np.ndarray, axis: int, overlap_px: int, upsample: int) -> tuple[np.ndarray, float, float]:
     """Offset of b relative to its nominal place beside a (b right of a: axis 1; below: axis 0), a weight, and the
-    correlation (Pearson) of the two strips on their common part at that offset.
+    correlation (Pearson) of the two strips, smoothed against noise, on their common part at that offset.
 
     A pair without texture is not measured (weight 0, correlation NaN). A correlation of ``-1.0`` means the
     offset leaves less than ``_MIN_COMMON_PX`` of the strips in common: the overlap is too small for it."""
@@ -76,10 +86,16 @@ def measure_pair(tile_a: np.ndarray, tile_b: np.ndarray, axis: int, overlap_px: 
     strip_a = strip_a.astype(np.float64)
     strip_b = strip_b.astype(np.float64)
     # texture, not noise: imaging noise (a few gray levels per pixel) is smoothed away, membranes and grain are not
-    if min(ndi.gaussian_filter(s, _TEXTURE_SIGMA_PX).std() for s in (strip_a, strip_b)) < _MIN_TEXTURE_GRAY:
+    band_a, band_b = _band(strip_a), _band(strip_b)
+    if min(band_a.std(), band_b.std()) < _MIN_TEXTURE_GRAY:
         return np.zeros(2), 0.0, float("nan")
     coarse, error, _ = phase_cross_correlation(strip_a - strip_a.mean(), strip_b - strip_b.mean(),
                                                upsample_factor=upsample, normalization=None)
+    if _match(band_a, band_b, coarse) < _SURE_MATCH:
+        # the highest peak can be a wrong one (a large offset leaves little in common, and the
+        # correlation is periodic): try the next peaks and their wrapped twins, keep the best match
+        candidates = [np.asarray(coarse, dtype=np.float64), *_candidate_shifts(strip_a, strip_b)]
+        coarse = max(candidates, key=lambda shift: _match(band_a, band_b, shift))
     # Refine on the part both strips really share: the periodic wrap-around of the first estimate
     # pulls it towards zero by up to a tenth of a pixel; after shifting b, no wrap-around is left.
     common = _common_part(coarse, strip_a.shape)
@@ -92,16 +108,50 @@ def measure_pair(tile_a: np.ndarray, tile_b: np.ndarray, axis: int, overlap_px: 
     common = _common_part(offset, strip_a.shape)
     if common is None:
         return offset, 0.0, -1.0
-    moved = ndi.shift(strip_b, offset, order=3, mode="nearest")
-    correlation = float(np.corrcoef(strip_a[common].ravel(), moved[common].ravel())[0, 1])
+    # judged on the band-passed strips: imaging noise lowers a right match's correlation, and smooth shading
+    # (a vessel, the tissue's edge) correlates at any offset; the membranes and grain between decide
+    correlation = _match(band_a, band_b, offset)
     weight = float(max(0.0, 1.0 - error))
     return offset, weight, correlation
 
 
+def _band(strip: np.ndarray) -> np.ndarray:
+    """The strip's texture: smoothed against pixel noise, less its shading (a difference of Gaussians)."""
+    return ndi.gaussian_filter(strip, _TEXTURE_SIGMA_PX) - ndi.gaussian_filter(strip, _SHADING_SIGMA_PX)
+
+
+def _candidate_shifts(strip_a: np.ndarray, strip_b: np.ndarray, peaks: int = 6) -> list[np.ndarray]:
+    """Integer shifts of b onto a at the highest peaks of their phase correlation, each with its periodic twins,
+    that leave at least half of each strip in common."""
+    fa, fb = np.fft.fft2(strip_a - strip_a.mean()), np.fft.fft2(strip_b - strip_b.mean())
+    cross = fa * fb.conj()
+    surface = np.fft.ifft2(cross / np.maximum(np.abs(cross), 1e-12)).real
+    shape = np.array(surface.shape)
+    out = []
+    for flat in np.argsort(surface.ravel())[::-1][:peaks]:
+        peak = np.array(np.unravel_index(flat, surface.shape))
+        for dy in (peak[0], peak[0] - shape[0]):
+            for dx in (peak[1], peak[1] - shape[1]):
+                shift = np.array([dy, dx], dtype=np.float64)
+                if _common_part(shift, tuple(shape)) is not None:
+                    out.append(shift)
+    return out
+
+
+def _match(strip_a: np.ndarray, strip_b: np.ndarray, shift) -> float:
+    """Pearson correlation of a and b shifted by ``shift`` on their common part (-1: too little in common)."""
+    common = _common_part(shift, strip_a.shape)
+    if common is None:
+        return -1.0
+    moved = ndi.shift(strip_b, shift, order=1, mode="nearest")
+    return float(np.corrcoef(strip_a[common].ravel(), moved[common].ravel())[0, 1])
+
+
 def _common_part(offset, shape) -> tuple[slice, slice] | None:
-    """The part of strip a that strip b, moved by ``offset``, covers (a pixel in from each cut), if large enough."""
+    """The part of strip a that strip b, moved by ``offset``, covers (a pixel in from each cut), if it holds at least
+    half of the strip each way: on less, smoothed texture can match somewhere by chance."""
     common = tuple(slice(max(0, int(np.ceil(c))) + 1, n + min(0, int(np.floor(c))) - 1) for c, n in zip(offset, shape))
-    return common if all(sl.stop - sl.start >= _MIN_COMMON_PX for sl in common) else None
+    return common if all(sl.stop - sl.start >= max(_MIN_COMMON_PX, n // 2) for sl, n in zip(common, shape)) else None
 
 
 def solve_positions(grid: tuple[int, int], pairs: list[PairOffset], nominal: dict[tuple[int, int], np.ndarray]) -> tuple[dict, float]:
@@ -148,12 +198,14 @@ def stitch_section(tiles: dict[tuple[int, int], np.ndarray], grid: tuple[int, in
                    max_residual_px: float = MAX_RESIDUAL_PX) -> StitchResult:
     """Tile positions of one section from its tiles ``{(row, col): image}``.
 
-    A textured pair whose strips do not match at the measured offset (correlation below ``min_correlation``,
-    or too little left in common) is dropped from the solve. It is an InputDataError, naming ``section``
-    and the pairs, when that leaves a tile with no measured path to tile 00_00, or when the pairs kept
-    disagree with the solved positions by more than ``max_residual_px`` (RMS): the fit is bad, so the
-    mosaic would be torn. Tiles whose overlaps have no texture keep their nominal place; the result's
-    ``warnings`` say so."""
+    A textured pair whose strips do not match at the measured offset (band-passed correlation below
+    ``min_correlation``, or less than half of each strip left in common) is dropped from the solve, and so,
+    one at a time, is a pair that disagrees with the solved positions by more than ``OUTLIER_PX`` while the
+    other pairs still link its tiles. It is an InputDataError, naming ``section`` and the pairs, when a tile
+    is cut off from tile 00_00 by pairs with too little in common (the overlap is too small for the offsets),
+    or when the pairs kept disagree with the solved positions by more than ``max_residual_px`` (RMS): the
+    mosaic would be torn. A tile whose overlaps have no texture, or none that matches (the tissue's edge),
+    keeps its nominal place; the result's ``warnings`` say so, as they list every dropped pair."""
     from ...errors import InputDataError
 
     tile_px = next(iter(tiles.values())).shape
@@ -171,17 +223,19 @@ def stitch_section(tiles: dict[tuple[int, int], np.ndarray], grid: tuple[int, in
                 rejected.append(pair)
             pairs.append(pair)
     positions, misfit = solve_positions(grid, pairs, nominal)
+    positions, misfit, outliers = _drop_outliers(tiles, grid, pairs, nominal, positions, misfit)
     placed = _reachable_from_origin(tiles, [p for p in pairs if p.weight > 0])
     unplaced = sorted(set(tiles) - placed)
     advice = (f"the tiles are likely further from their nominal places than the {overlap_px}-px overlap allows "
-              f"(offsets up to +-d px need an overlap of about 2d + {2 * _MIN_COMMON_PX} px); re-acquire with more overlap "
+              f"(offsets up to +-d px need an overlap of about 4d px); re-acquire with more overlap "
               "or correct overlap_px in layout.json")
 
     def describe(p: PairOffset) -> str:
         why = "too little in common" if p.correlation == -1.0 else f"correlation {p.correlation:.2f} < {min_correlation:g}"
         return f"{p.name} ({why})"
 
-    if unplaced and any(p.a in unplaced or p.b in unplaced for p in rejected):
+    # a tile cut off because its pairs share too little is the overlap's fault: the whole section is suspect
+    if unplaced and any((p.a in unplaced or p.b in unplaced) and p.correlation == -1.0 for p in rejected):
         names = ", ".join(f"tile_{r:02d}_{c:02d}" for r, c in unplaced)
         raise InputDataError(f"stitching {section} failed: {names} cannot be placed, their overlaps do not match: "
                              f"{'; '.join(describe(p) for p in rejected)}; {advice}")
@@ -192,10 +246,32 @@ def stitch_section(tiles: dict[tuple[int, int], np.ndarray], grid: tuple[int, in
                              f"least-squares solve (more than {max_residual_px:g} px), worst {', '.join(p.name for p in worst)}; "
                              f"{advice}")
     warnings = [f"{section}: pair {describe(p)} dropped from the solve" for p in rejected]
-    if unplaced:
+    warnings += [f"{section}: pair {p.name} dropped from the solve (it disagreed with the other pairs by {miss:.1f} px)"
+                 for p, miss in outliers]
+    if unplaced:  # no texture, or texture too weak to match (e.g. at the tissue's edge): placed where nominal
         warnings.append(f"{section}: {', '.join(f'tile_{r:02d}_{c:02d}' for r, c in unplaced)} left at the nominal "
-                        "position (their overlaps have no texture to register)")
+                        "position (their overlaps have no texture to register, or none that matches)")
     return StitchResult(positions, pairs, misfit, tuple(warnings))
+
+
+def _drop_outliers(tiles, grid, pairs: list[PairOffset], nominal, positions, misfit):
+    """Drop, one at a time, the pair that disagrees most with the solved positions (a match at a wrong peak that
+    still correlated), while it disagrees by more than OUTLIER_PX and every tile stays linked to tile 00_00."""
+    outliers = []
+    while True:
+        kept = [p for p in pairs if p.weight > 0]
+        if not kept:
+            return positions, misfit, outliers
+        miss = [float(np.linalg.norm(positions[p.b] - positions[p.a] - p.offset_px)) for p in kept]
+        worst = int(np.argmax(miss))
+        if miss[worst] <= OUTLIER_PX:
+            return positions, misfit, outliers
+        trial = [PairOffset(p.a, p.b, p.offset_px, 0.0, p.correlation) if p is kept[worst] else p for p in pairs]
+        if _reachable_from_origin(tiles, [p for p in trial if p.weight > 0]) != _reachable_from_origin(tiles, kept):
+            return positions, misfit, outliers  # the only link of a tile: the misfit check decides
+        pairs[:] = trial
+        outliers.append((kept[worst], miss[worst]))
+        positions, misfit = solve_positions(grid, pairs, nominal)
 
 
 def _reachable_from_origin(tiles, pairs: list[PairOffset]) -> set[tuple[int, int]]:
