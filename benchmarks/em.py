@@ -118,6 +118,17 @@ def projection(shape, stages: dict, scaling: dict) -> tuple[list[str], dict]:
     return header + rows, figures
 
 
+WHY_NO_WORKER_ROWS = ('Why stitch, align and mask have no 1- and 2-worker rows: they are not dask tasks. The workload runs them in it'
+                       "s own process (the job's task), one section at a time, so that it holds one section: each section is read, sti"
+                       'tched, fused, aligned to the section before it and masked before the next is read (`connectomics.stitch_align_'
+                       'mask`); only the steps after them run block-wise (`split_over_workers`). Alignment cannot be split over sectio'
+                       'ns as it stands, because each section\'s field is found against the previous aligned section (hence "serial" in'
+                       ' the projection). Stitching and masking need only their own section, so they could be per-section tasks; the p'
+                       'rojection assumes they would scale over all cores at full efficiency, which this benchmark has not measured. T'
+                       'he synthetic tiles are the `rtlib synth em` defaults: 96-px tiles overlapping by 64 px, up to ±15 px off their'
+                       ' nominal places (225 tiles per 512 x 512 section).')
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--quick", action="store_true", help="16 x 128 x 128 in blocks of 8 x 64 x 64")
@@ -177,7 +188,8 @@ def main() -> None:
              "task; their segmentation is checked equal to the workload's. Scaling is bounded by the machine's cores "
              "and whatever else runs on them. The projection multiplies this run's single-worker rates by the cores, "
              "at the 1-to-2-worker efficiency measured here (capped at 1); alignment chains each section to the "
-             "previous one and is projected serial. It leaves out I/O and the U-Net on GPUs.")
+             "previous one and is projected serial. It leaves out I/O and the U-Net on GPUs.\n\n"
+             + WHY_NO_WORKER_ROWS)
     write_result("em", "Connectomics: voxels per second per stage, block-wise dask on 1 vs 2 workers", figures, table,
                  command=" ".join(["python benchmarks/em.py", *sys.argv[1:]]), notes=notes)
     print(table)
