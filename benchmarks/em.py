@@ -118,15 +118,17 @@ def projection(shape, stages: dict, scaling: dict) -> tuple[list[str], dict]:
     return header + rows, figures
 
 
-WHY_NO_WORKER_ROWS = ('Why stitch, align and mask have no 1- and 2-worker rows: they are not dask tasks. The workload runs them in it'
-                       "s own process (the job's task), one section at a time, so that it holds one section: each section is read, sti"
-                       'tched, fused, aligned to the section before it and masked before the next is read (`connectomics.stitch_align_'
-                       'mask`); only the steps after them run block-wise (`split_over_workers`). Alignment cannot be split over sectio'
-                       'ns as it stands, because each section\'s field is found against the previous aligned section (hence "serial" in'
-                       ' the projection). Stitching and masking need only their own section, so they could be per-section tasks; the p'
-                       'rojection assumes they would scale over all cores at full efficiency, which this benchmark has not measured. T'
-                       'he synthetic tiles are the `rtlib synth em` defaults: 96-px tiles overlapping by 64 px, up to ±15 px off their'
-                       ' nominal places (225 tiles per 512 x 512 section).')
+WHY_NO_WORKER_ROWS = " ".join("""
+Why stitch, align and mask have no 1- and 2-worker rows: they are not dask tasks. The workload runs them in
+its own process (the job's task), one section at a time, so that it holds one section: each section is read,
+stitched, fused, aligned to the section before it and masked before the next is read
+(`connectomics.stitch_align_mask`); only the steps after them run block-wise (`split_over_workers`). Alignment
+cannot be split over sections as it stands, because each section's field is found against the previous aligned
+section (hence "serial" in the projection). Stitching and masking need only their own section, so they could
+be per-section tasks; the projection assumes they would scale over all cores at full efficiency, which this
+benchmark has not measured. The synthetic tiles are the `rtlib synth em` defaults: 96-px tiles overlapping by
+64 px, up to ±15 px off their nominal places (225 tiles per 512 x 512 section).
+""".split())
 
 
 def main() -> None:
