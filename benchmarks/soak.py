@@ -98,7 +98,7 @@ def main() -> None:
         *rows,
     ])
     notes = (f"{args.duration_s:g} s of production per run, datasets every {args.interval_s:g} s at each of 3 endpoints "
-             f"(xpcs/saxs/noop mix, scaled down), link shaped to 276 Mbps, PostgreSQL store. Throughput with faults / without: "
+             f"({'/'.join(k for k, _, _ in plan.mix)} mix, scaled down), link shaped to 276 Mbps, PostgreSQL store. Throughput with faults / without: "
              f"{figures['throughput_ratio_faults_to_clean']}. Not exercised: {'; '.join(figures['faults']['not_exercised']) or 'nothing'}.")
     write_result("soak", "Compressed campaign under faults (soak)", figures, table, notes=notes)
     print(table)

@@ -39,8 +39,9 @@ GLOBUS_ENDPOINTS = ("als", "alcf")  # with token faults: these two are Globus co
 GLOBUS_BEAMLINE = "als-demo"
 SECRET_ENV = "RTLIB_SOAK_GLOBUS_SECRET"
 
-# scaled-down stand-ins for the campaign's mix: (workload, share, size in MB)
-DEFAULT_MIX = (("xpcs", 0.4, 3.0), ("saxs", 0.4, 2.0), ("noop", 0.2, 0.5))
+# scaled-down stand-ins for the campaign's mix: (workload, share, size in MB; laue and connectomics have a fixed
+# small shape: a 32 x 32 px wire scan, a 4-section EM volume of 2 x 2 tiles, a directory)
+DEFAULT_MIX = (("xpcs", 0.35, 3.0), ("saxs", 0.3, 2.0), ("laue", 0.1, 0.0), ("connectomics", 0.05, 0.0), ("noop", 0.2, 0.5))
 
 # an agent life is judged for leaks past its start-up (imports, cluster start), if it lasted long enough
 SETTLE_S = 30.0
@@ -218,7 +219,19 @@ def _write_dataset(kind: str, path: Path, size_mb: float, seed: int, malformed: 
     from .synth.detector import frames_for_size, write_detector_file
 
     path.parent.mkdir(parents=True, exist_ok=True)
-    if kind == "xpcs":
+    if kind == "connectomics":  # a directory of EM tiles; a malformed one has a tile cut short in transfer
+        from .synth.em import write_em_dataset
+
+        write_em_dataset(path, (4, 128, 128), num_neurites=10, seed=seed % 1000)
+        if malformed:
+            tile = path / "sections" / "0001" / "tile_00_01.png"
+            tile.write_bytes(tile.read_bytes()[:200])
+        return
+    if kind == "laue":
+        from .synth.laue import write_laue_scan
+
+        write_laue_scan(path, height_px=32, width_px=32, num_sources=2, seed=seed % 1000, depth_end_um=20.0)
+    elif kind == "xpcs":
         from .synth.xpcs import write_xpcs_file
 
         write_xpcs_file(path, frames=max(64, frames_for_size(int(size_mb * 1e6), 64, 64, "uint16")), height=64, width=64, seed=seed)
@@ -315,7 +328,7 @@ def run_soak(
                         break
                     kind = rng.choices(kinds, shares)[0]
                     malformed = kind != "noop" and rng.random() < plan.malformed_fraction
-                    rel = f"raw/soak-{n:05d}.h5"
+                    rel = f"raw/soak-{n:05d}" + ("" if kind == "connectomics" else ".h5")
                     _write_dataset(kind, Path(settings.endpoint(ep).root) / rel, sizes[kind], plan.seed + n, malformed)
                     jid = jobs.submit(store, settings, kind, source_endpoint=ep, inputs=[rel], beamline=f"{ep}-demo")
                     ids[jid] = (ep, rel, malformed)
