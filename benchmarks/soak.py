@@ -44,8 +44,8 @@ def plot_memory(samples: list) -> Path:
 def _leak_cell(v) -> str:
     if v.memory_flat is None:
         return "not judged"
-    return (f"{v.judged_life_s / 60:.1f} min life: RSS {v.rss_growth_mb:+.1f} MB ({v.rss_slope_mb_per_h:+.1f} MB/h), "
-            f"fds {v.fd_growth:+d}")
+    slope = f" ({v.rss_slope_mb_per_h:+.1f} MB/h)" if v.judged_life_s >= 600 else ""  # a slope over minutes says little
+    return f"{v.judged_life_s / 60:.1f} min life: RSS {v.rss_growth_mb:+.1f} MB{slope}, fds {v.fd_growth:+d}"
 
 
 def main() -> None:
