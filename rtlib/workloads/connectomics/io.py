@@ -165,10 +165,7 @@ def read_section(folder: Path, layout: Layout) -> dict[tuple[int, int], np.ndarr
                              "re-transfer them: every section needs its full tile grid")
     tiles = {}
     for key in sorted(expected):
-        tile = read_tile(files[key], layout.tile_px)
-        if tile.shape != layout.tile_px:
-            raise InputDataError(f"tile {files[key]} is {tile.shape[0]}x{tile.shape[1]} px; {LAYOUT} says {layout.tile_px[0]}x{layout.tile_px[1]}")
-        tiles[key] = tile
+        tiles[key] = read_tile(files[key], layout.tile_px)  # its size is checked against the layout there
     return tiles
 
 

@@ -143,9 +143,12 @@ def _read_numbers(f: h5py.File, key: str, shape: tuple[int, ...] | None, label: 
         raise InputDataError(f"{label} has no dataset {key}; a laue wire-scan file needs it (see the layout in the README)")
     if not isinstance(obj, h5py.Dataset) or obj.dtype.kind not in "uif":
         raise InputDataError(f"{label}: {key} is not a numeric dataset")
-    expected = "one number" if shape is None and scalar else (f"shape {shape}" if shape is not None else None)
-    if expected and obj.shape != (shape or ()) and obj.size != 1:  # checked before reading: the shape may be crafted
-        raise InputDataError(f"{label}: {key} has shape {obj.shape}; expected {expected}")
+    one_number = shape is None and scalar
+    # the declared shape is checked before reading: a crafted file may declare any
+    if one_number and obj.size != 1:
+        raise InputDataError(f"{label}: {key} has shape {obj.shape}; expected one number")
+    if shape is not None and obj.shape != shape:
+        raise InputDataError(f"{label}: {key} has shape {obj.shape}; expected shape {shape}")
     if obj.size > 3 * MAX_WIRE_STEPS:
         raise InputDataError(f"{label}: {key} declares shape {obj.shape}, more values than a wire scan's geometry has "
                              f"(at most {MAX_WIRE_STEPS} steps); the file is damaged or crafted")
@@ -155,10 +158,4 @@ def _read_numbers(f: h5py.File, key: str, shape: tuple[int, ...] | None, label: 
         raise InputDataError(f"{label}: reading {key} failed ({err}); the file is damaged, re-transfer it") from None
     if not np.all(np.isfinite(data)):
         raise InputDataError(f"{label}: {key} holds non-finite values")
-    if shape is None and scalar:
-        if data.size != 1:
-            raise InputDataError(f"{label}: {key} has shape {data.shape}; expected one number")
-        return float(data.reshape(()))
-    if shape is not None and data.shape != shape:
-        raise InputDataError(f"{label}: {key} has shape {data.shape}; expected {shape}")
-    return data
+    return float(data.reshape(())) if one_number else data
