@@ -9,16 +9,19 @@ texture), so that one bad pair cannot tear the mosaic. Tiles are fused by
 linear interpolation at their sub-pixel positions, blended with weights
 that fall to zero at each tile's border.
 
-A bad fit fails loudly rather than giving a torn mosaic: a textured pair whose
-strips do not correlate at the measured offset is dropped from the solve, and
-a tile left with no measured path to tile 00_00, or pairs that still disagree
-after the solve, are an InputDataError naming the section and the pairs.
-Offsets up to +-d px need an overlap of about 4d px (two tiles can differ by
-2d, and the strips must still share half their width: on less, texture
-matches somewhere by chance); the synthetic default, +-15 px in a 64-px
-overlap, does. Strips are judged on their correlation after smoothing away
-imaging noise, and when the highest phase-correlation peak is not a match,
-the next peaks (and their periodic twins) are tried.
+A bad fit fails loudly rather than giving a torn mosaic. Strips are judged
+on their correlation band-passed (imaging noise and shading removed); when
+the highest phase-correlation peak is not a match, the next peaks (and their
+periodic twins) are tried. A textured pair that still does not match is
+dropped from the solve, and so is a pair that disagrees with the solved
+positions while the others still link its tiles. A tile cut off from tile
+00_00 by pairs with too little in common, or pairs that still disagree after
+the solve, are an InputDataError naming the section and the pairs; a tile
+with no texture, or none that matches, keeps its nominal place with a
+warning. Offsets up to +-d px need an overlap of about 4d px (two tiles can
+differ by 2d, and the strips must still share half their width: on less,
+texture matches somewhere by chance); the synthetic default, +-15 px in a
+64-px overlap, does.
 """
 
 from __future__ import annotations
@@ -54,7 +57,7 @@ class PairOffset:
     b: tuple[int, int]
     offset_px: np.ndarray  # measured position of b minus position of a, (dy, dx)
     weight: float  # 0: not used in the solve (no texture, or rejected)
-    correlation: float = float("nan")  # Pearson correlation of the strips at the offset; NaN: not measured (no texture)
+    correlation: float = float("nan")  # of the band-passed strips at the offset; NaN: not measured (no texture); -1: too little in common
 
     @property
     def name(self) -> str:
@@ -75,10 +78,10 @@ def nominal_position(row: int, col: int, tile_px: tuple[int, int], overlap_px: i
 
 def measure_pair(tile_a: np.ndarray, tile_b: np.ndarray, axis: int, overlap_px: int, upsample: int) -> tuple[np.ndarray, float, float]:
     """Offset of b relative to its nominal place beside a (b right of a: axis 1; below: axis 0), a weight, and the
-    correlation (Pearson) of the two strips, smoothed against noise, on their common part at that offset.
+    correlation (Pearson) of the two strips, band-passed (``_band``), on their common part at that offset.
 
     A pair without texture is not measured (weight 0, correlation NaN). A correlation of ``-1.0`` means the
-    offset leaves less than ``_MIN_COMMON_PX`` of the strips in common: the overlap is too small for it."""
+    offset leaves less than half of each strip in common (``_common_part``): the overlap is too small for it."""
     if axis == 1:
         strip_a, strip_b = tile_a[:, -overlap_px:], tile_b[:, :overlap_px]
     else:
@@ -186,7 +189,7 @@ def solve_positions(grid: tuple[int, int], pairs: list[PairOffset], nominal: dic
         positions[k] = solution[i]
     measured = [p for p in pairs if p.weight > 0]
     if measured:
-        misfit = [np.linalg.norm(positions[p.b] - positions[p.a] - p.offset_px) for p in measured]
+        misfit = [_disagreement(positions, p) for p in measured]
         residual = float(np.sqrt(np.mean(np.square(misfit))))
     else:
         residual = 0.0
@@ -223,7 +226,7 @@ def stitch_section(tiles: dict[tuple[int, int], np.ndarray], grid: tuple[int, in
                 rejected.append(pair)
             pairs.append(pair)
     positions, misfit = solve_positions(grid, pairs, nominal)
-    positions, misfit, outliers = _drop_outliers(tiles, grid, pairs, nominal, positions, misfit)
+    pairs, positions, misfit, outliers = _drop_outliers(tiles, grid, pairs, nominal, positions, misfit)
     placed = _reachable_from_origin(tiles, [p for p in pairs if p.weight > 0])
     unplaced = sorted(set(tiles) - placed)
     advice = (f"the tiles are likely further from their nominal places than the {overlap_px}-px overlap allows "
@@ -241,7 +244,7 @@ def stitch_section(tiles: dict[tuple[int, int], np.ndarray], grid: tuple[int, in
                              f"{'; '.join(describe(p) for p in rejected)}; {advice}")
     if misfit > max_residual_px:
         worst = sorted((p for p in pairs if p.weight > 0),
-                       key=lambda p: -np.linalg.norm(positions[p.b] - positions[p.a] - p.offset_px))[:3]
+                       key=lambda p: -_disagreement(positions, p))[:3]
         raise InputDataError(f"stitching {section} failed: the tile pairs disagree by {misfit:.2f} px RMS after the "
                              f"least-squares solve (more than {max_residual_px:g} px), worst {', '.join(p.name for p in worst)}; "
                              f"{advice}")
@@ -254,22 +257,30 @@ def stitch_section(tiles: dict[tuple[int, int], np.ndarray], grid: tuple[int, in
     return StitchResult(positions, pairs, misfit, tuple(warnings))
 
 
+def _disagreement(positions: dict, p: PairOffset) -> float:
+    """How far, px, the solved positions of a pair's tiles are from its measured offset."""
+    return float(np.linalg.norm(positions[p.b] - positions[p.a] - p.offset_px))
+
+
 def _drop_outliers(tiles, grid, pairs: list[PairOffset], nominal, positions, misfit):
     """Drop, one at a time, the pair that disagrees most with the solved positions (a match at a wrong peak that
-    still correlated), while it disagrees by more than OUTLIER_PX and every tile stays linked to tile 00_00."""
+    still correlated), while it disagrees by more than OUTLIER_PX and every tile stays linked to tile 00_00.
+
+    Returns the pairs (the dropped ones with weight 0), the positions and misfit solved from them, and the
+    dropped pairs with their disagreement."""
     outliers = []
     while True:
         kept = [p for p in pairs if p.weight > 0]
         if not kept:
-            return positions, misfit, outliers
-        miss = [float(np.linalg.norm(positions[p.b] - positions[p.a] - p.offset_px)) for p in kept]
+            return pairs, positions, misfit, outliers
+        miss = [_disagreement(positions, p) for p in kept]
         worst = int(np.argmax(miss))
         if miss[worst] <= OUTLIER_PX:
-            return positions, misfit, outliers
+            return pairs, positions, misfit, outliers
         trial = [PairOffset(p.a, p.b, p.offset_px, 0.0, p.correlation) if p is kept[worst] else p for p in pairs]
         if _reachable_from_origin(tiles, [p for p in trial if p.weight > 0]) != _reachable_from_origin(tiles, kept):
-            return positions, misfit, outliers  # the only link of a tile: the misfit check decides
-        pairs[:] = trial
+            return pairs, positions, misfit, outliers  # the only link of a tile: the misfit check decides
+        pairs = trial
         outliers.append((kept[worst], miss[worst]))
         positions, misfit = solve_positions(grid, pairs, nominal)
 
