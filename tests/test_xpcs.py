@@ -498,20 +498,22 @@ def test_missing_qmap_file(small, tmp_path):
     _expect(InputDataError, [small[0]], tmp_path / "out", "q-map file nowhere.h5", qmap_file="nowhere.h5")
 
 
-def test_compiled_and_numpy_correlators_agree_exactly(monkeypatch):
-    """The numba kernel (sparse, parallel) and the numpy einsum path sum the same integer products."""
-    import rtlib.workloads.xpcs.kernels as kernels
+@pytest.mark.parametrize("photons_per_pixel", [0.3, 400.0])
+def test_compiled_and_numpy_correlators_agree_exactly(monkeypatch, photons_per_pixel):
+    """The numba update (float32 runs at low counts, float64 at high) and the numpy one sum the same integer
+    products: the same g2 to the last bit, with batches and chunks that do not line up with the levels."""
+    import rtlib.workloads.xpcs.multitau_update as kernel
     from rtlib.workloads.xpcs.multitau import MultiTau
 
-    assert kernels.HAVE_NUMBA, "numba is a dependency: the fast path must be the one in use"
+    assert kernel.HAVE_NUMBA, "numba is a dependency: the fast path must be the one in use"
     rng = np.random.default_rng(5)
-    frames = rng.poisson(0.3, (300, 2000)).astype(np.uint16)
+    frames = rng.poisson(photons_per_pixel, (300, 2000)).astype(np.uint16)
     roi = rng.integers(0, 4, 2000)
     results = []
     for compiled in (True, False):
-        monkeypatch.setattr(kernels, "HAVE_NUMBA", compiled)
-        m = MultiTau(roi, 4, len(frames), delays_per_level=8)
-        for s in range(0, len(frames), 37):  # chunks that do not line up with the levels
+        monkeypatch.setattr(kernel, "HAVE_NUMBA", compiled)
+        m = MultiTau(roi, 4, len(frames), delays_per_level=8, batch_frames=50)
+        for s in range(0, len(frames), 37):
             m.add(frames[s:s + 37])
         results.append(m.result("roi"))
     np.testing.assert_array_equal(results[0].g2, results[1].g2)
@@ -550,24 +552,37 @@ def test_two_time_product_paths_equal_the_float64_product(photons_per_pixel, pat
         assert (int((2**24 - 1) // peak**2) >= 256) == (path == "float32 syrk")
 
 
-def test_compiled_multitau_kernel_equals_the_numpy_one():
-    """The numba kernel (pixel blocks copied pixel-major, zeros skipped) gives the numpy kernel's sums bit for bit,
-    across chunks that carry history, with pixel counts that do not fill the last block."""
-    from rtlib.workloads.xpcs import kernels
+@pytest.mark.parametrize("peak_counts", [0, 3, 2000, 65535])
+def test_compiled_multitau_update_equals_the_numpy_one(peak_counts):
+    """Every state array after the compiled update equals the numpy update's bit for bit: all-zero tiles (skipped),
+    float32 runs of every length the peak allows, float64 for counts too large, a pixel count that does not fill
+    the last tile, and batches that leave frames waiting for their partner."""
+    from rtlib.workloads.xpcs import multitau_update as kernel
 
-    assert kernels.HAVE_NUMBA
+    assert kernel.HAVE_NUMBA
     rng = np.random.default_rng(11)
-    frames = rng.poisson(0.3, (200, kernels.PIXEL_BLOCK * 3 + 17)).astype(np.float64)
-    delays = np.arange(1, 16)
-    fast, slow = np.zeros((15, frames.shape[1])), np.zeros((15, frames.shape[1]))
-    history = np.zeros((0, frames.shape[1]))
-    for s in range(0, len(frames), 37):
-        block = frames[s:s + 37]
-        kernels.accumulate(history, block, delays, fast)
-        kernels.accumulate_dense(history, block, delays, slow)
-        history = np.concatenate([history, block])[-15:]
-    np.testing.assert_array_equal(fast, slow)
-    assert fast.sum() > 0
+    pixels, n, levels = kernel.TILE * 2 + 17, 8, 5
+    frames = rng.poisson(0.3, (203, pixels)).astype(np.uint16)
+    if peak_counts:
+        frames[rng.integers(0, 203, 40), rng.integers(0, pixels, 40)] = peak_counts
+    else:
+        frames[:] = 0
+    padded = kernel.TILE * 3
+    states = []
+    for step in (kernel._update_compiled, kernel.update_numpy):
+        hist, first, g2 = (np.zeros((levels, n - 1, padded)) for _ in range(3))
+        total, unpaired = np.zeros((levels, padded)), np.zeros((levels, padded))
+        seen, lead = np.zeros(levels, np.int64), np.zeros(levels, np.int64)
+        for s in range(0, len(frames), 29):
+            block = frames[s:s + 29]
+            counts, after = kernel.level_counts(len(block), lead)
+            args = (block, hist, first, total, g2, unpaired, counts, seen, lead, n)
+            step(*args, True, 2) if step is kernel._update_compiled else step(*args)
+            seen, lead = seen + counts, after
+        states.append((hist, first, g2, total, unpaired))
+    for name, a, b in zip(("hist", "first", "g2", "total", "unpaired"), *states):
+        np.testing.assert_array_equal(a, b, err_msg=name)
+    assert (states[0][2].sum() > 0) == (peak_counts > 0)
 
 
 @pytest.mark.parametrize("dtype", ["uint8", "uint16", "uint32", "float32"])

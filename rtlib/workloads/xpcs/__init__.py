@@ -109,7 +109,7 @@ def run(params: XpcsParams, inputs: list[Path], outdir: Path, progress: Progress
         group = np.where(static_of_pixel >= 0, static_of_pixel, len(qmap.static_labels) + roi_of_pixel)
         result = multitau.result(params.g2_normalization, group)
         delay_s = result.delay_frames * dt_s
-        fits = fit_g2(delay_s, result.g2, result.g2_err, params.fit_stretched)
+        fits = fit_g2(delay_s, result.g2, result.g2_err, params.fit_stretched, result.g2_jackknife)
         fit_section = {"fit_ok": fits.ok.astype(np.int8), "q": (qmap.dynamic_q, "1/angstrom")}
         for name in PARAMETERS:
             short = name.removesuffix("_s")

@@ -1,8 +1,15 @@
-"""Fitting g2(t) = baseline + β exp(-2 (t/τ)^γ) per ROI, with parameter errors from the covariance.
+"""Fitting g2(t) = baseline + β exp(-2 (t/τ)^γ) per ROI, with parameter errors.
 
 γ = 1 (simple exponential) unless ``stretched``. Points are weighted by their
 error bars when all are finite and positive. A ROI whose fit fails, or has
 too few finite points, gets NaN parameters and a reason; it never fails the run.
+
+The g2 points of one ROI are not independent: every delay is formed from the
+same pixels and frames, so the fit's covariance (which assumes independent
+points) misjudges the parameter errors. Given the ROI's g2 with each
+jackknife group of pixels left out, the errors are instead the jackknife
+spread of the parameters fitted to those curves, which carries the
+correlation between delays.
 """
 
 from __future__ import annotations
@@ -28,7 +35,10 @@ class FitResult:
     messages: list[str] = field(default_factory=list)
 
 
-def fit_g2(delay_s: np.ndarray, g2: np.ndarray, g2_err: np.ndarray, stretched: bool = False) -> FitResult:
+def fit_g2(delay_s: np.ndarray, g2: np.ndarray, g2_err: np.ndarray, stretched: bool = False,
+           jackknife: np.ndarray | None = None) -> FitResult:
+    """Fit every ROI's column of ``g2`` (delays, rois). ``jackknife`` (groups, delays, rois): the same g2 with
+    each group of pixels left out; when given, the parameter errors are the jackknife errors of the fits."""
     rois = g2.shape[1]
     values = {p: np.full(rois, np.nan) for p in PARAMETERS}
     errors = {p: np.full(rois, np.nan) for p in PARAMETERS}
@@ -61,9 +71,32 @@ def fit_g2(delay_s: np.ndarray, g2: np.ndarray, g2_err: np.ndarray, stretched: b
             messages.append(f"ROI {k}: fit failed ({err})")
             continue
         perr = np.sqrt(np.clip(np.diag(pcov), 0, None))
+        if jackknife is not None:
+            perr = _jackknife_errors(model, t, jackknife[:, use, k], sigma, popt, lower, upper, perr)
         for name, v, e in zip(PARAMETERS, popt, perr):
             values[name][k], errors[name][k] = v, e
         if not stretched:
             values["gamma"][k], errors["gamma"][k] = 1.0, 0.0
         ok[k] = True
     return FitResult(values, errors, ok, messages)
+
+
+def _jackknife_errors(model, t, curves, sigma, popt, lower, upper, fallback) -> np.ndarray:
+    """sqrt((m-1)/m Σ (p_j - mean p)²) over the m left-out curves that fit; ``fallback`` if fewer than 2 do."""
+    fitted = []
+    for y in curves:
+        if not np.all(np.isfinite(y)):
+            continue  # an empty group (a ROI with fewer pixels than groups)
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", OptimizeWarning)
+                p, _ = curve_fit(model, t, y, p0=popt, sigma=sigma, absolute_sigma=sigma is not None,
+                                 bounds=(lower, upper), maxfev=2000)
+            fitted.append(p)
+        except (RuntimeError, ValueError):
+            continue
+    if len(fitted) < 2:
+        return fallback
+    fitted = np.array(fitted)
+    m = len(fitted)
+    return np.sqrt((m - 1) / m * ((fitted - fitted.mean(axis=0)) ** 2).sum(axis=0))

@@ -1,10 +1,10 @@
-"""The multi-tau and two-time inner loops compiled with numba: skip zero counts, run in parallel.
+"""The two-time product from each pixel's non-zero counts, compiled with numba and run in parallel.
 
-XPCS frames are sparse (most pixels count 0 photons in a frame): a product
-I(t)·I(t-d) is only formed where I(t) is non-zero, which is what makes the
-correlator several times faster than the dense numpy product on the same
-frames. Integer counts summed in float64 stay exact, so both paths give
-bit-identical sums; the numpy path remains for installations without numba.
+XPCS frames are sparse (most pixels count 0 photons in a frame): when they
+are sparse enough, Σ_p I_p(t1) I_p(t2) formed from the non-zeros alone is
+cheaper than the dense matrix product. Integer counts summed in float64 stay
+exact, so it equals the BLAS product bit for bit. (The multi-tau update is in
+``multitau_update``.)
 """
 
 from __future__ import annotations
@@ -18,70 +18,7 @@ try:
 except ImportError:  # pragma: no cover - numba is a dependency; this keeps a broken install usable
     HAVE_NUMBA = False
 
-PIXEL_BLOCK = 256  # pixels per parallel task: their frames, copied pixel-major, stay in cache across delays
-
-
-def accumulate_dense(history: np.ndarray, block: np.ndarray, delays: np.ndarray, g2_sum: np.ndarray) -> None:
-    """g2_sum[i, p] += Σ_t block[t, p] · frame(t - delays[i])[p] over the new frames t that have that partner.
-
-    `history` holds the frames just before `block` (oldest first); frame(s) for s < 0 is history[len + s].
-    """
-    held = len(history)
-    joined = np.concatenate([history, block]) if held else block
-    count = len(block)
-    for i, d in enumerate(delays):
-        begin = max(0, int(d) - held)
-        if begin >= count:
-            continue
-        earlier = joined[held + begin - d: held + count - d]
-        g2_sum[i] += np.einsum("tp,tp->p", earlier, block[begin:])
-
-
-if HAVE_NUMBA:
-
-    @njit(parallel=True, cache=True, nogil=True)
-    def _accumulate_sparse(history, block, delays, g2_sum):  # pragma: no cover - compiled
-        held = history.shape[0]
-        count, pixels = block.shape
-        span = held + count
-        ndel = delays.shape[0]
-        blocks = (pixels + PIXEL_BLOCK - 1) // PIXEL_BLOCK
-        for b in prange(blocks):
-            lo = b * PIXEL_BLOCK
-            hi = min(pixels, lo + PIXEL_BLOCK)
-            # this block's pixels, pixel-major: one pixel's frames are contiguous and stay in cache
-            local = np.empty((hi - lo, span))
-            for t in range(held):
-                for p in range(lo, hi):
-                    local[p - lo, t] = history[t, p]
-            for t in range(count):
-                for p in range(lo, hi):
-                    local[p - lo, held + t] = block[t, p]
-            acc = np.empty(ndel)
-            for q in range(hi - lo):
-                row = local[q]
-                acc[:] = 0.0
-                for t in range(held, span):
-                    v = row[t]
-                    if v == 0.0:
-                        continue
-                    for i in range(ndel):
-                        s = t - delays[i]
-                        if s >= 0:
-                            acc[i] += v * row[s]
-                for i in range(ndel):
-                    g2_sum[i, lo + q] += acc[i]
-
-
-def accumulate(history: np.ndarray, block: np.ndarray, delays: np.ndarray, g2_sum: np.ndarray) -> None:
-    if HAVE_NUMBA:
-        history = np.ascontiguousarray(history, dtype=np.float64)
-        if history.shape[1:] != block.shape[1:]:  # the first block: no history yet
-            history = np.zeros((0, block.shape[1]))
-        # Counts of any numeric type are read into float64 inside the kernel (exact for integers below 2^53).
-        _accumulate_sparse(history, np.ascontiguousarray(block), np.asarray(delays, dtype=np.int64), g2_sum)
-    else:
-        accumulate_dense(np.asarray(history, dtype=np.float64), np.asarray(block, dtype=np.float64), delays, g2_sum)
+PIXEL_BLOCK = 256  # pixels per parallel task
 
 
 SPARSE_ADVANTAGE = 400  # a scattered multiply-add (plus finding it) costs about this many float32 syrk ones (measured here)

@@ -32,11 +32,15 @@ is a ratio, so the scale cancels.
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
 
-from .kernels import accumulate
+from .multitau_update import TILE, level_counts, update
+
+JACKKNIFE_GROUPS = 16  # pixel groups each ROI is cut into for the error bars (leave one out)
+BATCH_FRAMES = 256  # frames correlated per pass over the state (the state of every level is read and written once a pass)
 
 
 def level_delays(level: int, delays_per_level: int) -> np.ndarray:
@@ -53,49 +57,10 @@ def levels_for(frames: int, delays_per_level: int, max_levels: int | None = None
     return levels if max_levels is None else min(levels, max_levels)
 
 
-class _Level:
-    """One level's state: its last frames, its first frames, the per-pixel total and G2."""
-
-    def __init__(self, index: int, delays_per_level: int, pixels: int):
-        self.index = index
-        self.delays = level_delays(index, delays_per_level)
-        self.keep = delays_per_level - 1  # the longest delay: how many past frames a new one pairs with
-        self.history = np.zeros((0, pixels))
-        self.first = np.zeros((0, pixels))
-        self.total = np.zeros(pixels)
-        self.g2_sum = np.zeros((len(self.delays), pixels))
-        self.frames = 0
-        self.unpaired: np.ndarray | None = None  # a frame waiting for its partner in the next level
-
-    def add(self, block: np.ndarray) -> None:
-        count = len(block)
-        accumulate(self.history, block, self.delays, self.g2_sum)  # each new frame with its partners d frames back
-        if self.frames < self.keep + 1:
-            self.first = np.concatenate([self.first, block[: self.keep + 1 - self.frames]])
-        self.total += block.sum(axis=0, dtype=np.float64)
-        self.frames += count
-        if count >= self.keep:  # the last `keep` frames pair with the next block; only they are copied
-            self.history = block[count - self.keep:].astype(np.float64)  # a copy, and float64 whatever came in
-        else:
-            self.history = np.concatenate([self.history, block])[-self.keep:]
-
-    def binned(self, block: np.ndarray) -> np.ndarray | None:
-        """Frames of the next level made from this level's new frames: sums of consecutive pairs, in float64.
-
-        Level-0 frames may be raw counts (uint16): each pair is added in float64 (exact, cannot wrap) straight
-        into the half-length result, so the full-length block is never copied."""
-        lead = 1 if self.unpaired is not None and len(block) else 0  # the waiting frame pairs with block[0]
-        rest = block[lead:]
-        pairs = len(rest) // 2
-        out = np.empty((lead + pairs,) + block.shape[1:])
-        if lead:
-            np.add(self.unpaired, block[0], out=out[0], dtype=np.float64)
-        np.add(rest[0: 2 * pairs: 2], rest[1: 2 * pairs: 2], out=out[lead:], dtype=np.float64)
-        if len(rest) % 2:
-            self.unpaired = rest[-1].astype(np.float64)
-        elif lead:
-            self.unpaired = None
-        return out if len(out) else None
+@dataclass(frozen=True)
+class Level:
+    index: int
+    delays: np.ndarray  # in frames of this level (2^index original frames each)
 
 
 @dataclass(frozen=True)
@@ -104,87 +69,216 @@ class MultiTauResult:
     g2: np.ndarray  # (delays, rois)
     g2_err: np.ndarray  # (delays, rois)
     pairs: np.ndarray  # (delays,) frame pairs averaged at each delay, at its level
+    g2_jackknife: np.ndarray  # (groups, delays, rois): g2 with each jackknife group of pixels left out
 
 
 class MultiTau:
-    """Feed frames of the ROI pixels in order with ``add``; read ``result`` at any point after."""
+    """Feed frames of the ROI pixels in order with ``add``; read ``result`` at any point after.
+
+    Frames are gathered into batches of ``batch_frames`` (in their own type: raw counts are not widened) and
+    each batch goes through every level in one pass (``multitau_update``)."""
 
     def __init__(self, roi_of_pixel: np.ndarray, num_rois: int, frames_total: int, delays_per_level: int = 16,
-                 max_levels: int | None = None):
+                 max_levels: int | None = None, batch_frames: int = BATCH_FRAMES):
         if delays_per_level < 2 or delays_per_level % 2:
             raise ValueError(f"delays_per_level must be even and >= 2, got {delays_per_level}")
+        if batch_frames < 1:
+            raise ValueError(f"batch_frames must be >= 1, got {batch_frames}")
         self.roi_of_pixel = np.asarray(roi_of_pixel, dtype=np.intp)
         self.num_rois = num_rois
         self.pixels = len(self.roi_of_pixel)
         self.delays_per_level = delays_per_level
         count = levels_for(frames_total, delays_per_level, max_levels)
-        self.levels = [_Level(i, delays_per_level, self.pixels) for i in range(count)]
+        self.levels = [Level(i, level_delays(i, delays_per_level)) for i in range(count)]
+        keep = delays_per_level - 1
+        padded = -(-self.pixels // TILE) * TILE
+        self._hist = np.zeros((count, keep, padded))
+        self._first = np.zeros((count, keep, padded))
+        self._g2 = np.zeros((count, keep, padded))
+        self._total = np.zeros((count, padded))
+        self._unpaired = np.zeros((count, padded))
+        self._frames = np.zeros(count, np.int64)  # frames each level has had
+        self._lead = np.zeros(count, np.int64)  # 1 where a level has a frame waiting for its partner
+        self.batch_frames = max(1, min(batch_frames, frames_total))
+        self._batch: np.ndarray | None = None
+        self._filled = 0
 
     def add(self, block: np.ndarray) -> None:
-        """Frames (n, pixels) of the ROI pixels, next in time order.
+        """Frames (n, pixels) of the ROI pixels, next in time order (any integer or float type)."""
+        block = np.asarray(block)
+        if block.ndim != 2 or block.shape[1] != self.pixels:
+            raise ValueError(f"frames must be (n, {self.pixels}) for this correlator's pixels, got {block.shape}")
+        if block.dtype.kind not in "uif":
+            block = block.astype(np.float64)
+        if self._batch is not None and self._batch.dtype != block.dtype:
+            self._correlate_batch()
+            self._batch = None
+        done = 0
+        while done < len(block):
+            if self._filled == 0 and len(block) - done >= self.batch_frames:
+                self._correlate(block[done:])  # a whole batch or more at once: no copy
+                return
+            if self._batch is None:
+                self._batch = np.empty((self.batch_frames, self.pixels), block.dtype)
+            take = min(self.batch_frames - self._filled, len(block) - done)
+            self._batch[self._filled: self._filled + take] = block[done: done + take]
+            self._filled += take
+            done += take
+            if self._filled == self.batch_frames:
+                self._correlate_batch()
 
-        Integer counts go to level 0 as they are (the kernel reads them into float64 itself, exactly): no
-        float64 copy of the whole block is made for the finest level, the one that costs most."""
-        current: np.ndarray | None = np.asarray(block)
-        if current.dtype.kind not in "uif":
-            current = current.astype(np.float64)
-        for i, level in enumerate(self.levels):
-            if current is None:
-                break
-            level.add(current)
-            current = level.binned(current) if i + 1 < len(self.levels) else None
+    def _correlate_batch(self) -> None:
+        if self._filled:
+            filled, self._filled = self._filled, 0
+            self._correlate(self._batch[:filled])
+
+    def _correlate(self, frames: np.ndarray) -> None:
+        counts, lead_after = level_counts(len(frames), self._lead)
+        integral = frames.dtype.kind in "iu" or bool(np.array_equal(frames, np.rint(frames)))
+        update(frames, self._hist, self._first, self._total, self._g2, self._unpaired, counts, self._frames,
+               self._lead, self.delays_per_level, integral)
+        self._frames += counts
+        self._lead = lead_after
 
     def state_bytes(self) -> int:
-        return sum(lv.history.nbytes + lv.first.nbytes + lv.total.nbytes + lv.g2_sum.nbytes for lv in self.levels)
+        state = (self._hist, self._first, self._g2, self._total, self._unpaired)
+        batch = self.batch_frames * self.pixels * (self._batch.dtype.itemsize if self._batch is not None else 8)
+        return sum(a.nbytes for a in state) + batch
 
     def result(self, normalization: str = "pixel", smoothing_group: np.ndarray | None = None) -> MultiTauResult:
-        """g2 per ROI. ``static`` needs ``smoothing_group``: a group index per pixel (its static ROI)."""
+        """g2 per ROI. ``static`` needs ``smoothing_group``: a group index per pixel (its static ROI).
+
+        Every estimate is a function of sums over cells (ROI, jackknife group[, smoothing group]), so the
+        leave-one-group-out curves cost no more than the full one."""
         if normalization not in ("pixel", "roi", "static"):
             raise ValueError(f"normalization is 'pixel', 'roi' or 'static', got {normalization!r}")
-        if normalization == "static":
-            if smoothing_group is None:
-                raise ValueError("static normalisation needs the static ROI of every pixel")
-            group = np.asarray(smoothing_group, dtype=np.intp)
-            members = np.bincount(group).astype(np.float64)
-
-            def smooth(values: np.ndarray) -> np.ndarray:
-                with np.errstate(invalid="ignore", divide="ignore"):
-                    return (np.bincount(group, weights=values, minlength=len(members)) / members)[group]
-        pixels_per_roi = np.bincount(self.roi_of_pixel, minlength=self.num_rois).astype(np.float64)
-        delays, g2_rows, err_rows, pairs_list = [], [], [], []
+        if normalization == "static" and smoothing_group is None:
+            raise ValueError("static normalisation needs the static ROI of every pixel")
+        self._correlate_batch()
+        estimate = _Estimator(self.roi_of_pixel, self.num_rois, normalization, smoothing_group)
+        pixels = self.pixels
+        delays, g2_rows, err_rows, loo_rows, pairs_list = [], [], [], [], []
         for level in self.levels:
-            n = level.frames
-            for i, d in enumerate(level.delays):
+            n = int(self._frames[level.index])
+            total = self._total[level.index, :pixels]
+            for d in level.delays:
                 pairs = n - d
                 if pairs < 1:
                     continue
-                future = level.total - level.first[:d].sum(axis=0)  # frames d..n-1
-                past = level.total - level.history[len(level.history) - d:].sum(axis=0)  # frames 0..n-d-1
-                g2_sum = level.g2_sum[i]
-                if normalization == "static":
-                    past, future = smooth(past), smooth(future)
-                with np.errstate(invalid="ignore", divide="ignore"):
-                    product = past * future
-                    valid = product > 0
-                    per_pixel = np.where(valid, pairs * g2_sum / np.where(valid, product, 1.0), 0.0)
-                    counted = np.bincount(self.roi_of_pixel, weights=valid, minlength=self.num_rois)
-                    mean = np.bincount(self.roi_of_pixel, weights=per_pixel, minlength=self.num_rois) / counted
-                    spread = per_pixel - mean[self.roi_of_pixel]
-                    squares = np.bincount(self.roi_of_pixel, weights=np.where(valid, spread * spread, 0.0),
-                                          minlength=self.num_rois)
-                    err = np.sqrt(squares / np.maximum(counted - 1, 1) / counted)
-                    if normalization == "roi":
-                        sums = [np.bincount(self.roi_of_pixel, weights=w, minlength=self.num_rois)
-                                for w in (g2_sum, past, future)]
-                        mean = pixels_per_roi * pairs * sums[0] / (sums[1] * sums[2])
-                err = np.where(counted > 1, err, np.nan)
+                future = total - self._first[level.index, :d, :pixels].sum(axis=0)  # frames d..n-1
+                past = total - self._hist[level.index, self.delays_per_level - 1 - d:, :pixels].sum(axis=0)  # frames 0..n-d-1
+                g2, loo = estimate(pairs * self._g2[level.index, d - 1, :pixels], past, future)
                 delays.append(d * 2**level.index)
-                g2_rows.append(mean)
-                err_rows.append(err)
+                g2_rows.append(g2)
+                err_rows.append(_jackknife_error(loo))
+                loo_rows.append(loo)
                 pairs_list.append(pairs)
+        count = len(delays)
         return MultiTauResult(
             delay_frames=np.asarray(delays, dtype=np.int64),
-            g2=np.array(g2_rows).reshape(len(delays), self.num_rois),
-            g2_err=np.array(err_rows).reshape(len(delays), self.num_rois),
+            g2=np.array(g2_rows).reshape(count, self.num_rois),
+            g2_err=np.array(err_rows).reshape(count, self.num_rois),
             pairs=np.asarray(pairs_list, dtype=np.int64),
+            g2_jackknife=np.array(loo_rows).reshape(count, JACKKNIFE_GROUPS, self.num_rois).transpose(1, 0, 2),
         )
+
+
+def jackknife_groups(roi_of_pixel: np.ndarray, num_rois: int, groups: int = JACKKNIFE_GROUPS) -> np.ndarray:
+    """Group 0..groups-1 of every pixel: each ROI's pixels, in the order given (raster order), cut into equal
+    contiguous runs, so that neighbouring pixels (one speckle) fall in the same group."""
+    roi = np.asarray(roi_of_pixel, dtype=np.intp)
+    order = np.argsort(roi, kind="stable")
+    sizes = np.bincount(roi, minlength=num_rois)
+    starts = np.concatenate([[0], np.cumsum(sizes)[:-1]])
+    rank = np.empty(len(roi), np.intp)
+    rank[order] = np.arange(len(roi)) - starts[roi[order]]
+    return (rank * groups) // np.maximum(sizes[roi], 1)
+
+
+def _jackknife_error(loo: np.ndarray) -> np.ndarray:
+    """Standard error from leave-one-group-out estimates (groups, rois); NaN rows are empty groups."""
+    used = np.isfinite(loo).sum(axis=0)
+    with np.errstate(invalid="ignore", divide="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # a ROI with every group empty: mean of nothing
+        mean = np.nanmean(loo, axis=0)
+        spread = np.nansum((loo - mean) ** 2, axis=0)
+        err = np.sqrt((used - 1) / np.maximum(used, 1) * spread)
+    return np.where(used > 1, err, np.nan)
+
+
+class _Estimator:
+    """g2 per ROI, and with each jackknife group left out, from one delay's per-pixel sums.
+
+    ``numerator`` is (pairs)·G2 per pixel; ``past`` and ``future`` are IP and IF."""
+
+    def __init__(self, roi_of_pixel: np.ndarray, num_rois: int, normalization: str, smoothing_group):
+        self.normalization = normalization
+        self.rois = num_rois
+        self.k = JACKKNIFE_GROUPS
+        part = jackknife_groups(roi_of_pixel, num_rois)
+        self.cell = roi_of_pixel * self.k + part  # (roi, group)
+        self.cells = num_rois * self.k
+        if normalization == "static":
+            smooth = np.asarray(smoothing_group, dtype=np.intp)
+            self.smooth_count = int(smooth.max()) + 1 if len(smooth) else 0
+            self.smooth_cell = smooth * self.k + part  # (smoothing group, jackknife group)
+            self.full_cell = roi_of_pixel * (self.smooth_count * self.k) + self.smooth_cell  # (roi, smoothing, group)
+            self.members = self._sums(self.smooth_cell, None, self.smooth_count)  # (smoothing, k)
+            self.members_in = np.bincount(self.full_cell, minlength=num_rois * self.smooth_count * self.k).reshape(
+                num_rois, self.smooth_count, self.k).astype(np.float64)
+
+    def _sums(self, cell: np.ndarray, weights, rows: int) -> np.ndarray:
+        return np.bincount(cell, weights=weights, minlength=rows * self.k).reshape(rows, self.k).astype(np.float64)
+
+    def __call__(self, numerator: np.ndarray, past: np.ndarray, future: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        with np.errstate(invalid="ignore", divide="ignore"):
+            if self.normalization == "pixel":
+                product = past * future
+                valid = product > 0
+                ratio = np.where(valid, numerator / np.where(valid, product, 1.0), 0.0)
+                top, bottom = self._sums(self.cell, ratio, self.rois), self._sums(self.cell, valid, self.rois)
+                full, loo = _leave_one_out(top, bottom, lambda t, b: t / b)
+            elif self.normalization == "roi":
+                sums = [self._sums(self.cell, w, self.rois) for w in (numerator, past, future, None)]
+                full, loo = _leave_one_out_many(sums, lambda g, p, f, m: m * g / (p * f))
+            else:
+                return self._static(numerator, past, future)
+        return full, loo
+
+    def _static(self, numerator, past, future):
+        shape = (self.rois, self.smooth_count, self.k)
+        top = np.bincount(self.full_cell, weights=numerator, minlength=np.prod(shape)).reshape(shape)
+        ip = self._sums(self.smooth_cell, past, self.smooth_count)
+        if_ = self._sums(self.smooth_cell, future, self.smooth_count)
+
+        def g2_of(top_rs, ip_s, if_s, members_s, members_rs):
+            with np.errstate(invalid="ignore", divide="ignore"):
+                product = (ip_s / members_s) * (if_s / members_s)  # (smoothing,): the smoothed IP·IF
+                valid = product > 0
+                weight = np.where(valid, 1.0 / np.where(valid, product, 1.0), 0.0)
+                return (top_rs @ weight) / (members_rs @ valid)
+
+        full = g2_of(top.sum(2), ip.sum(1), if_.sum(1), self.members.sum(1), self.members_in.sum(2))
+        loo = np.full((self.k, self.rois), np.nan)
+        for j in range(self.k):
+            rest = self.members_in.sum(2) - self.members_in[:, :, j]
+            if not rest.any():
+                continue
+            loo[j] = g2_of(top.sum(2) - top[:, :, j], ip.sum(1) - ip[:, j], if_.sum(1) - if_[:, j],
+                           self.members.sum(1) - self.members[:, j], rest)
+            loo[j, self.members_in[:, :, j].sum(1) == 0] = np.nan  # a group with no pixels of the ROI
+        return full, loo
+
+
+def _leave_one_out(top: np.ndarray, bottom: np.ndarray, combine) -> tuple[np.ndarray, np.ndarray]:
+    return _leave_one_out_many([top, bottom], combine)
+
+
+def _leave_one_out_many(sums: list[np.ndarray], combine) -> tuple[np.ndarray, np.ndarray]:
+    """The estimate from whole (rois, k) sums, and (k, rois) with each group's share taken out (NaN: empty group)."""
+    with np.errstate(invalid="ignore", divide="ignore"):
+        whole = [s.sum(axis=1) for s in sums]
+        full = combine(*whole)
+        loo = np.stack([combine(*[w - s[:, j] for w, s in zip(whole, sums)]) for j in range(sums[0].shape[1])])
+        empty = (sums[-1] == 0).T  # the last sums count pixels (or valid pixels): none, no group to leave out
+        return full, np.where(empty, np.nan, loo)

@@ -1,0 +1,258 @@
+"""One batch of frames through every multi-tau level: the compiled update and its numpy twin.
+
+The correlator state is frame-major, like the frames themselves, with the
+pixel axis padded to a whole number of tiles: per level ``hist`` (the last
+n-1 frames, zeros before the record starts), ``first`` (the first n-1
+frames), ``g2`` (Σ I(t) I(t-d) per delay d, row d-1), ``total`` (Σ I) and
+``unpaired`` (a frame waiting for its partner in the next level).
+
+The compiled update gives each parallel task one tile of pixels and runs it
+through every level before moving on, so a level's frames, its binned frames
+for the next level and its sums stay in cache; the frames are read once, in
+the order they lie in memory, and the products are vectorised over the
+tile's pixels. Photon counts are integers: their products, summed in float32
+over a run of frames short enough that no partial sum can reach 2^24, are
+exact, and twice as many fit in a vector as in float64. Each run's sums are
+added into the float64 state, so both paths give the numpy twin's sums bit
+for bit (integer sums below 2^53 do not depend on their order). A tile whose
+counts are too large for a useful run, or frames that are not integers, use
+float64 throughout.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+try:
+    from numba import njit, prange
+
+    HAVE_NUMBA = True
+except ImportError:  # pragma: no cover - numba is a dependency; this keeps a broken install usable
+    HAVE_NUMBA = False
+
+TILE = 128  # pixels per parallel task
+GROUP = 64  # pixels per vectorised product loop: its four frames and their partners stay in registers and L1
+FLOAT32_EXACT = 2**24  # integers below this are exact in float32
+MIN_FLOAT32_RUN = 4  # frames per float32 run below which float64 is used instead
+MIN_FLOAT32_FRAMES = 32  # fewer new frames at a level: float64 straight away (the float32 copy would cost more)
+
+
+def level_counts(frames: int, lead: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """New frames each level receives from ``frames`` new level-0 frames, and the levels' unpaired flags after.
+
+    A level with an unpaired frame waiting (``lead``) pairs it with its first new frame; an odd frame left at
+    the end waits for the next batch."""
+    counts = np.zeros(len(lead), np.int64)
+    after = lead.copy()
+    count = frames
+    for level in range(len(lead)):
+        counts[level] = count
+        if count == 0:
+            break
+        available = count + lead[level]
+        after[level] = available % 2
+        count = available // 2
+    return counts, after
+
+
+def update_numpy(block, hist, first, total, g2, unpaired, counts, before, lead, n) -> None:
+    """The update level by level over all pixels at once (numpy, float64): the reference the kernel must equal."""
+    levels, keep, _ = hist.shape
+    pixels = block.shape[1]
+    half = n // 2
+    current = np.asarray(block, dtype=np.float64)
+    for level in range(levels):
+        count = int(counts[level])
+        if count == 0:
+            break
+        rows = np.concatenate([hist[level, :, :pixels], current])
+        span = keep + count
+        for d in range(1 if level == 0 else half, n):
+            g2[level, d - 1, :pixels] += np.einsum("tp,tp->p", rows[keep:span], rows[keep - d: span - d])
+        total[level, :pixels] += current.sum(axis=0)
+        if before[level] < keep:
+            fill = min(count, keep - int(before[level]))
+            first[level, before[level]: before[level] + fill, :pixels] = current[:fill]
+        hist[level, :, :pixels] = rows[count: count + keep]
+        if level + 1 < levels:
+            waiting = [unpaired[level, None, :pixels]] if lead[level] else []
+            sequence = np.concatenate(waiting + [current]) if waiting else current
+            pairs = len(sequence) // 2
+            if len(sequence) % 2:
+                unpaired[level, :pixels] = sequence[-1]
+            current = sequence[0: 2 * pairs: 2] + sequence[1: 2 * pairs: 2]
+
+
+if HAVE_NUMBA:
+
+    @njit(nogil=True, boundscheck=False, fastmath={"contract"})
+    def _correlate(rows, acc, start, stop, first_delay, n):  # pragma: no cover - compiled
+        """acc[d-1, q] += Σ rows[t, q] rows[t-d, q] over t in [start, stop), for d = first_delay .. n-1.
+
+        Four frames per pass: their rows are loaded once for all delays, and each delay's sums are read and
+        written once per four frames instead of once per frame."""
+        width = rows.shape[1]
+        for g in range(0, width, GROUP):
+            h = g + GROUP
+            t = start
+            while t + 4 <= stop:
+                a0 = rows[t, g:h]
+                a1 = rows[t + 1, g:h]
+                a2 = rows[t + 2, g:h]
+                a3 = rows[t + 3, g:h]
+                for d in range(first_delay, n):
+                    r = acc[d - 1, g:h]
+                    b0 = rows[t - d, g:h]
+                    b1 = rows[t + 1 - d, g:h]
+                    b2 = rows[t + 2 - d, g:h]
+                    b3 = rows[t + 3 - d, g:h]
+                    for q in range(GROUP):
+                        r[q] += (a0[q] * b0[q] + a1[q] * b1[q]) + (a2[q] * b2[q] + a3[q] * b3[q])
+                t += 4
+            while t < stop:
+                a0 = rows[t, g:h]
+                for d in range(first_delay, n):
+                    r = acc[d - 1, g:h]
+                    b0 = rows[t - d, g:h]
+                    for q in range(GROUP):
+                        r[q] += a0[q] * b0[q]
+                t += 1
+
+    @njit(nogil=True, boundscheck=False)
+    def _flush(acc, g2_level, first_delay, n, lo):  # pragma: no cover - compiled
+        for d in range(first_delay, n):
+            src = acc[d - 1]
+            dst = g2_level[d - 1, lo: lo + TILE]
+            for q in range(TILE):
+                dst[q] += src[q]
+                src[q] = 0
+
+    @njit(nogil=True, boundscheck=False, fastmath={"contract"})
+    def _correlate_level(rows, rows32, acc, acc32, g2_level, span, keep, first_delay, n, lo, integral):  # pragma: no cover
+        """One level of one tile: float32 runs where exact, else float64; sums added into g2_level."""
+        if not integral or span - keep < MIN_FLOAT32_FRAMES:
+            _correlate(rows, acc, keep, span, first_delay, n)
+            _flush(acc, g2_level, first_delay, n, lo)
+            return
+        # The largest count, kept per pixel lane (an element-wise max vectorises; a running scalar max does not),
+        # while the rows are copied to float32 in case they qualify.
+        lane_peak = np.zeros(TILE)
+        for t in range(span):
+            src = rows[t]
+            dst = rows32[t]
+            for q in range(TILE):
+                lane_peak[q] = max(lane_peak[q], abs(src[q]))
+                dst[q] = src[q]
+        peak = lane_peak.max()
+        if peak == 0.0:
+            return  # no counts in this tile at this level: every product is zero
+        run = int((FLOAT32_EXACT - 1) // (peak * peak)) if peak * peak < FLOAT32_EXACT else 0
+        if run >= MIN_FLOAT32_RUN:
+            start = keep
+            while start < span:
+                stop = min(start + run, span)
+                _correlate(rows32, acc32, start, stop, first_delay, n)
+                _flush(acc32, g2_level, first_delay, n, lo)
+                start = stop
+        else:
+            _correlate(rows, acc, keep, span, first_delay, n)
+            _flush(acc, g2_level, first_delay, n, lo)
+
+    @njit(parallel=True, nogil=True, boundscheck=False, cache=True)
+    def _update_compiled(block, hist, first, total, g2, unpaired, counts, before, lead, n, integral, workers):  # pragma: no cover
+        levels, keep, padded = hist.shape
+        frames, pixels = block.shape
+        tiles = padded // TILE
+        depth = keep + frames + 1
+        for worker in prange(workers):
+            # Scratch allocated once per worker, not per tile: large buffers would be mapped and unmapped each time.
+            rows = np.empty((depth, TILE))
+            spare = np.empty((depth, TILE))
+            rows32 = np.empty((depth, TILE), np.float32)
+            acc = np.zeros((keep, TILE))
+            acc32 = np.zeros((keep, TILE), np.float32)
+            for tile in range(worker, tiles, workers):
+                rows, spare = _update_tile(block, hist, first, total, g2, unpaired, counts, before, lead, n, integral,
+                                           tile * TILE, rows, spare, rows32, acc, acc32)
+
+    @njit(nogil=True, boundscheck=False)
+    def _update_tile(block, hist, first, total, g2, unpaired, counts, before, lead, n, integral, lo, rows, spare,
+                     rows32, acc, acc32):  # pragma: no cover - compiled
+        """Every level of the tile of pixels starting at ``lo``; returns the scratch rows (swapped while binning)."""
+        levels, keep, padded = hist.shape
+        frames, pixels = block.shape
+        half = n // 2
+        width = min(pixels - lo, TILE)
+        for t in range(frames):
+            src = block[t, lo: lo + width]
+            dst = rows[keep + t]
+            for q in range(width):
+                dst[q] = src[q]
+            for q in range(width, TILE):  # the padding beyond the last pixel
+                dst[q] = 0.0
+        for level in range(levels):
+            count = counts[level]
+            if count == 0:
+                break
+            span = keep + count
+            for i in range(keep):
+                src = hist[level, i, lo: lo + TILE]
+                dst = rows[i]
+                for q in range(TILE):
+                    dst[q] = src[q]
+            _correlate_level(rows, rows32, acc, acc32, g2[level], span, keep, 1 if level == 0 else half, n, lo,
+                             integral)
+            tot = total[level, lo: lo + TILE]
+            for t in range(keep, span):
+                src = rows[t]
+                for q in range(TILE):
+                    tot[q] += src[q]
+            seen = before[level]
+            if seen < keep:
+                for i in range(min(count, keep - seen)):
+                    src = rows[keep + i]
+                    dst = first[level, seen + i, lo: lo + TILE]
+                    for q in range(TILE):
+                        dst[q] = src[q]
+            for i in range(keep):
+                src = rows[count + i]
+                dst = hist[level, i, lo: lo + TILE]
+                for q in range(TILE):
+                    dst[q] = src[q]
+            if level + 1 < levels:  # the next level's new frames: sums of consecutive pairs
+                waiting = unpaired[level, lo: lo + TILE]
+                made = 0
+                t = keep
+                if lead[level]:
+                    a = rows[keep]
+                    dst = spare[keep]
+                    for q in range(TILE):
+                        dst[q] = waiting[q] + a[q]
+                    made = 1
+                    t = keep + 1
+                while t + 1 < span:
+                    a = rows[t]
+                    b = rows[t + 1]
+                    dst = spare[keep + made]
+                    for q in range(TILE):
+                        dst[q] = a[q] + b[q]
+                    made += 1
+                    t += 2
+                if t < span:
+                    a = rows[t]
+                    for q in range(TILE):
+                        waiting[q] = a[q]
+                rows, spare = spare, rows
+        return rows, spare
+
+
+def update(block, hist, first, total, g2, unpaired, counts, before, lead, n, integral: bool) -> None:
+    """Add ``block`` (frames, pixels), next in time, to the state (all arrays updated in place)."""
+    if HAVE_NUMBA:
+        from numba import get_num_threads
+
+        workers = min(4 * get_num_threads(), hist.shape[2] // TILE)  # a few tasks per thread even out uneven tiles
+        _update_compiled(np.ascontiguousarray(block), hist, first, total, g2, unpaired, counts, before, lead, n,
+                         integral, workers)
+    else:
+        update_numpy(block, hist, first, total, g2, unpaired, counts, before, lead, n)
