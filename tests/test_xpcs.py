@@ -119,6 +119,27 @@ def test_fitted_tau_beta_and_baseline_match_the_truth(fifth, tmp_path, normaliza
     assert summary["q_inv_angstrom"] == pytest.approx(truth["q_inv_angstrom"])
 
 
+@pytest.mark.parametrize("normalization", ["static", "roi"])
+def test_tau_error_bars_are_calibrated(tmp_path, normalization):
+    """Over 6 independent records x 4 rings, (fitted τ - true τ) / τ error has a root mean square near 1: the
+    jackknife errors are neither too small nor too large (the fit's own covariance, which takes the delays as
+    independent, gave 1.4-2.0 here; errors 3x too large would give 0.3, 4x too small 4)."""
+    frames, size = 600, 160
+    record_s = frames * 1e-3
+    z = []
+    for seed in range(6):
+        d = tmp_path / str(seed)
+        d.mkdir()
+        truth = write_xpcs_file(d / "raw.h5", frames=frames, height=size, width=size, beta=0.2, seed=seed,
+                                num_q_rings=4, tau_min_s=record_s / 60, tau_max_s=record_s / 10,
+                                qmap_path=d / "qmap.h5")
+        summary = run_xpcs([d / "raw.h5", d / "qmap.h5"], d / "out", qmap_file="qmap.h5",
+                           g2_normalization=normalization)
+        z += [(fit - tau) / err for fit, tau, err in zip(summary["tau_s"], truth["tau_s"], summary["tau_err_s"])]
+    rms = float(np.sqrt(np.mean(np.square(z))))
+    assert len(z) == 24 and 0.6 < rms < 1.6, (rms, z)
+
+
 def test_per_pixel_normalisation_is_biased_low_for_slow_rois(speckle, tmp_path):
     """Why ``static`` is the default: each pixel's own mean over a record ten τ long pulls g2 and τ down."""
     raw, qmap, truth = speckle

@@ -21,7 +21,10 @@ except ImportError:  # pragma: no cover - numba is a dependency; this keeps a br
 PIXEL_BLOCK = 256  # pixels per parallel task
 
 
-SPARSE_ADVANTAGE = 400  # a scattered multiply-add (plus finding it) costs about this many float32 syrk ones (measured here)
+# What one scattered multiply-add of the non-zero path costs in float32 syrk multiply-adds. It depends on the
+# machine (400 on an AMD EPYC, 140-200 on a Xeon with AVX-512, both seen here), so it is measured on first use; set a number
+# to fix it.
+SPARSE_ADVANTAGE: float | None = None
 
 
 if HAVE_NUMBA:
@@ -91,9 +94,43 @@ def sparse_gram(cols: np.ndarray) -> np.ndarray | None:
     steps, pixels = cols.shape
     ptr, idx, vals = _nonzeros_by_pixel(np.ascontiguousarray(cols))
     per_pixel = np.diff(ptr).astype(np.float64)
-    if SPARSE_ADVANTAGE * float(np.dot(per_pixel, per_pixel)) >= float(steps) * steps * pixels:
+    if sparse_advantage() * float(np.dot(per_pixel, per_pixel)) >= float(steps) * steps * pixels:
         return None
     from numba import get_num_threads
 
     upper = _sparse_upper_gram(ptr, idx, vals, steps, _bands(steps, 4 * get_num_threads()))
     return upper + np.triu(upper, 1).T
+
+
+def sparse_advantage() -> float:
+    """SPARSE_ADVANTAGE, measured the first time it is needed (about 0.3 s, once a process)."""
+    global SPARSE_ADVANTAGE
+    if SPARSE_ADVANTAGE is None:
+        SPARSE_ADVANTAGE = _measure_sparse_advantage()
+    return SPARSE_ADVANTAGE
+
+
+def _measure_sparse_advantage(steps: int = 512, pixels: int = 16384) -> float:
+    """Seconds per scattered multiply-add over seconds per float32 syrk multiply-add, on sparse counts."""
+    import time
+
+    from numba import get_num_threads
+    from scipy.linalg import blas
+
+    cols = np.random.default_rng(0).poisson(0.05, (steps, pixels)).astype(np.float32)
+    ptr, idx, vals = _nonzeros_by_pixel(cols)
+    bands = _bands(steps, 4 * get_num_threads())
+
+    def best(fn) -> float:
+        fn()  # compiled and warm before it counts
+        times = []
+        for _ in range(5):
+            start = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - start)
+        return max(min(times), 1e-9)
+
+    sparse_s = best(lambda: _sparse_upper_gram(ptr, idx, vals, steps, bands))
+    dense_s = best(lambda: blas.ssyrk(1.0, cols.T, trans=1, lower=0))
+    per_pixel = np.diff(ptr).astype(np.float64)
+    return (sparse_s / float(np.dot(per_pixel, per_pixel))) / (dense_s / (float(steps) * steps * pixels))

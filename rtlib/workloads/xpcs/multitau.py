@@ -14,8 +14,7 @@ over the same N - d pairs give the symmetric normalisation::
 
 Only G2 is accumulated per delay; IP and IF are the total minus the last or
 first d frames, which the level keeps. Then g2 = (N-d)·G2/(IP·IF) per pixel,
-averaged over the ROI's pixels, with the standard error of that mean as the
-error bar, where IP and IF are either
+averaged over the ROI's pixels, where IP and IF are either
 
 * ``pixel``: the pixel's own sums. Exact for long records, but each pixel's
   mean over a record only T/τ correlation times long is itself correlated
@@ -28,6 +27,13 @@ error bar, where IP and IF are either
 
 Binning adds rather than averages frames: integer counts stay exact, and g2
 is a ratio, so the scale cancels.
+
+Error bars are jackknife errors: each ROI's pixels are cut into 16
+contiguous groups (neighbouring pixels see the same speckle, so they go
+together) and g2 is recomputed with each group left out, normalisation
+included. The left-out curves are kept (``g2_jackknife``) so that the fit can
+take the jackknife spread of τ too. With one pixel per group this is the
+standard error of the mean of the per-pixel g2.
 """
 
 from __future__ import annotations
