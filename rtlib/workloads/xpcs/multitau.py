@@ -38,14 +38,13 @@ standard error of the mean of the per-pixel g2.
 
 from __future__ import annotations
 
-import warnings
 from dataclasses import dataclass
 
 import numpy as np
 
 from .multitau_update import TILE, level_counts, update
+from .normalize import cell_bytes, estimate, jackknife_error
 
-JACKKNIFE_GROUPS = 16  # pixel groups each ROI is cut into for the error bars (leave one out)
 BATCH_FRAMES = 256  # frames correlated per pass over the state (the state of every level is read and written once a pass)
 
 
@@ -108,6 +107,7 @@ class MultiTau:
         self.batch_frames = max(1, min(batch_frames, frames_total))
         self._batch: np.ndarray | None = None
         self._filled = 0
+        self._result_bytes = 0  # the cell sums of the last result
 
     def add(self, block: np.ndarray) -> None:
         """Frames (n, pixels) of the ROI pixels, next in time order (any integer or float type)."""
@@ -147,144 +147,37 @@ class MultiTau:
         self._lead = lead_after
 
     def state_bytes(self) -> int:
+        """The correlator's memory: its state, the batch buffer, and the sums its last ``result`` formed."""
         state = (self._hist, self._first, self._g2, self._total, self._unpaired)
         batch = self.batch_frames * self.pixels * (self._batch.dtype.itemsize if self._batch is not None else 8)
-        return sum(a.nbytes for a in state) + batch
+        return sum(a.nbytes for a in state) + batch + self._result_bytes
 
     def result(self, normalization: str = "pixel", smoothing_group: np.ndarray | None = None) -> MultiTauResult:
-        """g2 per ROI. ``static`` needs ``smoothing_group``: a group index per pixel (its static ROI).
-
-        Every estimate is a function of sums over cells (ROI, jackknife group[, smoothing group]), so the
-        leave-one-group-out curves cost no more than the full one."""
+        """g2 per ROI. ``static`` needs ``smoothing_group``: a group index per pixel (its static ROI)."""
         if normalization not in ("pixel", "roi", "static"):
             raise ValueError(f"normalization is 'pixel', 'roi' or 'static', got {normalization!r}")
         if normalization == "static" and smoothing_group is None:
             raise ValueError("static normalisation needs the static ROI of every pixel")
         self._correlate_batch()
-        estimate = _Estimator(self.roi_of_pixel, self.num_rois, normalization, smoothing_group)
-        pixels = self.pixels
-        delays, g2_rows, err_rows, loo_rows, pairs_list = [], [], [], [], []
+        keep = self.delays_per_level - 1
+        row_of = np.full((len(self.levels), keep), -1, np.int64)
+        delays, pairs = [], []
         for level in self.levels:
             n = int(self._frames[level.index])
-            total = self._total[level.index, :pixels]
             for d in level.delays:
-                pairs = n - d
-                if pairs < 1:
-                    continue
-                future = total - self._first[level.index, :d, :pixels].sum(axis=0)  # frames d..n-1
-                past = total - self._hist[level.index, self.delays_per_level - 1 - d:, :pixels].sum(axis=0)  # frames 0..n-d-1
-                g2, loo = estimate(pairs * self._g2[level.index, d - 1, :pixels], past, future)
-                delays.append(d * 2**level.index)
-                g2_rows.append(g2)
-                err_rows.append(_jackknife_error(loo))
-                loo_rows.append(loo)
-                pairs_list.append(pairs)
-        count = len(delays)
+                if n - d >= 1:
+                    row_of[level.index, d - 1] = len(delays)
+                    delays.append(d * 2**level.index)
+                    pairs.append(n - d)
+        state = (self._g2, self._first, self._hist, self._total, self._frames)
+        g2, loo = estimate(normalization, state, row_of, len(delays), self.roi_of_pixel, self.num_rois,
+                           smoothing_group)
+        self._result_bytes = cell_bytes(normalization, len(delays), self.roi_of_pixel, self.num_rois,
+                                        smoothing_group) + 2 * loo.nbytes
         return MultiTauResult(
             delay_frames=np.asarray(delays, dtype=np.int64),
-            g2=np.array(g2_rows).reshape(count, self.num_rois),
-            g2_err=np.array(err_rows).reshape(count, self.num_rois),
-            pairs=np.asarray(pairs_list, dtype=np.int64),
-            g2_jackknife=np.array(loo_rows).reshape(count, JACKKNIFE_GROUPS, self.num_rois).transpose(1, 0, 2),
+            g2=g2.reshape(len(delays), self.num_rois),
+            g2_err=jackknife_error(loo).reshape(len(delays), self.num_rois),
+            pairs=np.asarray(pairs, dtype=np.int64),
+            g2_jackknife=loo,
         )
-
-
-def jackknife_groups(roi_of_pixel: np.ndarray, num_rois: int, groups: int = JACKKNIFE_GROUPS) -> np.ndarray:
-    """Group 0..groups-1 of every pixel: each ROI's pixels, in the order given (raster order), cut into equal
-    contiguous runs, so that neighbouring pixels (one speckle) fall in the same group."""
-    roi = np.asarray(roi_of_pixel, dtype=np.intp)
-    order = np.argsort(roi, kind="stable")
-    sizes = np.bincount(roi, minlength=num_rois)
-    starts = np.concatenate([[0], np.cumsum(sizes)[:-1]])
-    rank = np.empty(len(roi), np.intp)
-    rank[order] = np.arange(len(roi)) - starts[roi[order]]
-    return (rank * groups) // np.maximum(sizes[roi], 1)
-
-
-def _jackknife_error(loo: np.ndarray) -> np.ndarray:
-    """Standard error from leave-one-group-out estimates (groups, rois); NaN rows are empty groups."""
-    used = np.isfinite(loo).sum(axis=0)
-    with np.errstate(invalid="ignore", divide="ignore"), warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)  # a ROI with every group empty: mean of nothing
-        mean = np.nanmean(loo, axis=0)
-        spread = np.nansum((loo - mean) ** 2, axis=0)
-        err = np.sqrt((used - 1) / np.maximum(used, 1) * spread)
-    return np.where(used > 1, err, np.nan)
-
-
-class _Estimator:
-    """g2 per ROI, and with each jackknife group left out, from one delay's per-pixel sums.
-
-    ``numerator`` is (pairs)·G2 per pixel; ``past`` and ``future`` are IP and IF."""
-
-    def __init__(self, roi_of_pixel: np.ndarray, num_rois: int, normalization: str, smoothing_group):
-        self.normalization = normalization
-        self.rois = num_rois
-        self.k = JACKKNIFE_GROUPS
-        part = jackknife_groups(roi_of_pixel, num_rois)
-        self.cell = roi_of_pixel * self.k + part  # (roi, group)
-        self.cells = num_rois * self.k
-        if normalization == "static":
-            smooth = np.asarray(smoothing_group, dtype=np.intp)
-            self.smooth_count = int(smooth.max()) + 1 if len(smooth) else 0
-            self.smooth_cell = smooth * self.k + part  # (smoothing group, jackknife group)
-            self.full_cell = roi_of_pixel * (self.smooth_count * self.k) + self.smooth_cell  # (roi, smoothing, group)
-            self.members = self._sums(self.smooth_cell, None, self.smooth_count)  # (smoothing, k)
-            self.members_in = np.bincount(self.full_cell, minlength=num_rois * self.smooth_count * self.k).reshape(
-                num_rois, self.smooth_count, self.k).astype(np.float64)
-
-    def _sums(self, cell: np.ndarray, weights, rows: int) -> np.ndarray:
-        return np.bincount(cell, weights=weights, minlength=rows * self.k).reshape(rows, self.k).astype(np.float64)
-
-    def __call__(self, numerator: np.ndarray, past: np.ndarray, future: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        with np.errstate(invalid="ignore", divide="ignore"):
-            if self.normalization == "pixel":
-                product = past * future
-                valid = product > 0
-                ratio = np.where(valid, numerator / np.where(valid, product, 1.0), 0.0)
-                top, bottom = self._sums(self.cell, ratio, self.rois), self._sums(self.cell, valid, self.rois)
-                full, loo = _leave_one_out(top, bottom, lambda t, b: t / b)
-            elif self.normalization == "roi":
-                sums = [self._sums(self.cell, w, self.rois) for w in (numerator, past, future, None)]
-                full, loo = _leave_one_out_many(sums, lambda g, p, f, m: m * g / (p * f))
-            else:
-                return self._static(numerator, past, future)
-        return full, loo
-
-    def _static(self, numerator, past, future):
-        shape = (self.rois, self.smooth_count, self.k)
-        top = np.bincount(self.full_cell, weights=numerator, minlength=np.prod(shape)).reshape(shape)
-        ip = self._sums(self.smooth_cell, past, self.smooth_count)
-        if_ = self._sums(self.smooth_cell, future, self.smooth_count)
-
-        def g2_of(top_rs, ip_s, if_s, members_s, members_rs):
-            with np.errstate(invalid="ignore", divide="ignore"):
-                product = (ip_s / members_s) * (if_s / members_s)  # (smoothing,): the smoothed IP·IF
-                valid = product > 0
-                weight = np.where(valid, 1.0 / np.where(valid, product, 1.0), 0.0)
-                return (top_rs @ weight) / (members_rs @ valid)
-
-        full = g2_of(top.sum(2), ip.sum(1), if_.sum(1), self.members.sum(1), self.members_in.sum(2))
-        loo = np.full((self.k, self.rois), np.nan)
-        for j in range(self.k):
-            rest = self.members_in.sum(2) - self.members_in[:, :, j]
-            if not rest.any():
-                continue
-            loo[j] = g2_of(top.sum(2) - top[:, :, j], ip.sum(1) - ip[:, j], if_.sum(1) - if_[:, j],
-                           self.members.sum(1) - self.members[:, j], rest)
-            loo[j, self.members_in[:, :, j].sum(1) == 0] = np.nan  # a group with no pixels of the ROI
-        return full, loo
-
-
-def _leave_one_out(top: np.ndarray, bottom: np.ndarray, combine) -> tuple[np.ndarray, np.ndarray]:
-    return _leave_one_out_many([top, bottom], combine)
-
-
-def _leave_one_out_many(sums: list[np.ndarray], combine) -> tuple[np.ndarray, np.ndarray]:
-    """The estimate from whole (rois, k) sums, and (k, rois) with each group's share taken out (NaN: empty group)."""
-    with np.errstate(invalid="ignore", divide="ignore"):
-        whole = [s.sum(axis=1) for s in sums]
-        full = combine(*whole)
-        loo = np.stack([combine(*[w - s[:, j] for w, s in zip(whole, sums)]) for j in range(sums[0].shape[1])])
-        empty = (sums[-1] == 0).T  # the last sums count pixels (or valid pixels): none, no group to leave out
-        return full, np.where(empty, np.nan, loo)
