@@ -573,6 +573,27 @@ def test_two_time_product_paths_equal_the_float64_product(photons_per_pixel, pat
         assert (int((2**24 - 1) // peak**2) >= 256) == (path == "float32 syrk")
 
 
+def test_compiled_two_time_gather_equals_the_numpy_one(monkeypatch):
+    """Picking the ROI pixels out of the frames and adding them into binned time steps: the compiled gather (tasks by
+    column) and numpy's give the same store, with chunks that split a bin."""
+    from rtlib.workloads.xpcs import kernels
+    from rtlib.workloads.xpcs.twotime import TwoTime
+
+    rng = np.random.default_rng(2)
+    frames = rng.poisson(0.5, (101, 5000)).astype(np.uint16)
+    groups = [np.arange(3, 5000, 7), np.arange(kernels.GATHER_COLUMNS + 10)]
+    stores = []
+    for compiled in (True, False):
+        monkeypatch.setattr(kernels, "HAVE_NUMBA", compiled)
+        tt = TwoTime(groups, len(frames), frame_binning=3)
+        for s in range(0, len(frames), 10):
+            tt.add(frames[s:s + 10])
+        stores.append(tt.store)
+    np.testing.assert_array_equal(stores[0], stores[1])
+    expected = frames[:99, np.concatenate(groups)].reshape(33, 3, -1).sum(axis=1)
+    np.testing.assert_array_equal(stores[0], expected)
+
+
 @pytest.mark.parametrize("peak_counts", [0, 3, 2000, 65535])
 def test_compiled_multitau_update_equals_the_numpy_one(peak_counts):
     """Every state array after the compiled update equals the numpy update's bit for bit: all-zero tiles (skipped),

@@ -25,6 +25,34 @@ PIXEL_BLOCK = 256  # pixels per parallel task
 # machine (400 on an AMD EPYC, 140-200 on a Xeon with AVX-512, both seen here), so it is measured on first use; set a number
 # to fix it.
 SPARSE_ADVANTAGE: float | None = None
+GATHER_COLUMNS = 2048  # selected pixels per parallel task when they are picked out of the frames
+
+
+if HAVE_NUMBA:
+
+    @njit(parallel=True, cache=True, nogil=True, boundscheck=False)
+    def _gather_add(block, selected, steps, store):  # pragma: no cover - compiled
+        """store[steps[t], i] += block[t, selected[i]]: each task owns a range of columns (no shared writes)."""
+        frames = block.shape[0]
+        columns = selected.shape[0]
+        for task in prange((columns + GATHER_COLUMNS - 1) // GATHER_COLUMNS):
+            lo = task * GATHER_COLUMNS
+            hi = min(columns, lo + GATHER_COLUMNS)
+            for t in range(frames):
+                src = block[t]
+                dst = store[steps[t]]
+                for i in range(lo, hi):
+                    dst[i] += src[selected[i]]
+
+
+def gather_add(block: np.ndarray, selected: np.ndarray, steps: np.ndarray, store: np.ndarray) -> None:
+    """Add the selected pixels of each frame of ``block`` into row ``steps[t]`` of ``store`` (float32)."""
+    if HAVE_NUMBA:
+        _gather_add(np.ascontiguousarray(block), selected, steps, store)
+        return
+    picked = np.asarray(block[:, selected], dtype=store.dtype)
+    firsts = np.r_[0, np.flatnonzero(np.diff(steps)) + 1]  # frames of one step are adjacent
+    store[steps[firsts]] += np.add.reduceat(picked, firsts, axis=0)
 
 
 if HAVE_NUMBA:
@@ -38,10 +66,11 @@ if HAVE_NUMBA:
         for b in prange(blocks):  # each task counts, then fills, its own pixels: no shared writes
             lo = b * PIXEL_BLOCK
             hi = min(pixels, lo + PIXEL_BLOCK)
+            counted = ptr[lo + 1: hi + 1]
             for t in range(steps):
-                for p in range(lo, hi):
-                    if cols[t, p] != 0.0:
-                        ptr[p + 1] += 1
+                row = cols[t, lo:hi]
+                for p in range(hi - lo):
+                    counted[p] += row[p] != 0.0  # branch-free: the count vectorises
         for p in range(pixels):
             ptr[p + 1] += ptr[p]
         idx = np.empty(ptr[pixels], np.int32)

@@ -34,7 +34,6 @@ TILE = 128  # pixels per parallel task
 GROUP = 64  # pixels per vectorised product loop: its four frames and their partners stay in registers and L1
 FLOAT32_EXACT = 2**24  # integers below this are exact in float32
 MIN_FLOAT32_RUN = 4  # frames per float32 run below which float64 is used instead
-MIN_FLOAT32_FRAMES = 32  # fewer new frames at a level: float64 straight away (the float32 copy would cost more)
 
 
 def level_counts(frames: int, lead: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -118,6 +117,17 @@ if HAVE_NUMBA:
                         r[q] += a0[q] * b0[q]
                 t += 1
 
+    @njit(nogil=True, boundscheck=False, fastmath={"contract"})
+    def _correlate_wide(rows, acc, start, stop, first_delay, n):  # pragma: no cover - compiled
+        """``_correlate`` for float32 rows whose products need float64: each factor widened first."""
+        for t in range(start, stop):
+            a = rows[t]
+            for d in range(first_delay, n):
+                r = acc[d - 1]
+                b = rows[t - d]
+                for q in range(TILE):
+                    r[q] += np.float64(a[q]) * np.float64(b[q])
+
     @njit(nogil=True, boundscheck=False)
     def _flush(acc, g2_level, first_delay, n, lo):  # pragma: no cover - compiled
         for d in range(first_delay, n):
@@ -127,69 +137,32 @@ if HAVE_NUMBA:
                 dst[q] += src[q]
                 src[q] = 0
 
-    @njit(nogil=True, boundscheck=False, fastmath={"contract"})
-    def _correlate_level(rows, rows32, acc, acc32, g2_level, span, keep, first_delay, n, lo, integral):  # pragma: no cover
-        """One level of one tile: float32 runs where exact, else float64; sums added into g2_level."""
-        if not integral or span - keep < MIN_FLOAT32_FRAMES:
-            _correlate(rows, acc, keep, span, first_delay, n)
-            _flush(acc, g2_level, first_delay, n, lo)
-            return
-        # The largest count, kept per pixel lane (an element-wise max vectorises; a running scalar max does not),
-        # while the rows are copied to float32 in case they qualify.
-        lane_peak = np.zeros(TILE)
-        for t in range(span):
-            src = rows[t]
-            dst = rows32[t]
-            for q in range(TILE):
-                lane_peak[q] = max(lane_peak[q], abs(src[q]))
-                dst[q] = src[q]
-        peak = lane_peak.max()
-        if peak == 0.0:
-            return  # no counts in this tile at this level: every product is zero
-        run = int((FLOAT32_EXACT - 1) // (peak * peak)) if peak * peak < FLOAT32_EXACT else 0
-        if run >= MIN_FLOAT32_RUN:
-            start = keep
-            while start < span:
-                stop = min(start + run, span)
-                _correlate(rows32, acc32, start, stop, first_delay, n)
-                _flush(acc32, g2_level, first_delay, n, lo)
-                start = stop
-        else:
-            _correlate(rows, acc, keep, span, first_delay, n)
-            _flush(acc, g2_level, first_delay, n, lo)
-
-    @njit(parallel=True, nogil=True, boundscheck=False, cache=True)
-    def _update_compiled(block, hist, first, total, g2, unpaired, counts, before, lead, n, integral, workers):  # pragma: no cover
-        levels, keep, padded = hist.shape
-        frames, pixels = block.shape
-        tiles = padded // TILE
-        depth = keep + frames + 1
-        for worker in prange(workers):
-            # Scratch allocated once per worker, not per tile: large buffers would be mapped and unmapped each time.
-            rows = np.empty((depth, TILE))
-            spare = np.empty((depth, TILE))
-            rows32 = np.empty((depth, TILE), np.float32)
-            acc = np.zeros((keep, TILE))
-            acc32 = np.zeros((keep, TILE), np.float32)
-            for tile in range(worker, tiles, workers):
-                rows, spare = _update_tile(block, hist, first, total, g2, unpaired, counts, before, lead, n, integral,
-                                           tile * TILE, rows, spare, rows32, acc, acc32)
-
     @njit(nogil=True, boundscheck=False)
-    def _update_tile(block, hist, first, total, g2, unpaired, counts, before, lead, n, integral, lo, rows, spare,
-                     rows32, acc, acc32):  # pragma: no cover - compiled
-        """Every level of the tile of pixels starting at ``lo``; returns the scratch rows (swapped while binning)."""
-        levels, keep, padded = hist.shape
+    def _load(block, rows, keep, lo):  # pragma: no cover - compiled
+        """The tile's new frames into rows[keep:] (zeros past the last pixel); returns the largest |count|."""
         frames, pixels = block.shape
-        half = n // 2
         width = min(pixels - lo, TILE)
+        lane_peak = np.zeros(TILE)  # an element-wise max vectorises; a running scalar max does not
         for t in range(frames):
             src = block[t, lo: lo + width]
             dst = rows[keep + t]
             for q in range(width):
-                dst[q] = src[q]
-            for q in range(width, TILE):  # the padding beyond the last pixel
-                dst[q] = 0.0
+                v = src[q]
+                dst[q] = v
+                lane_peak[q] = max(lane_peak[q], abs(np.float64(v)))
+            for q in range(width, TILE):
+                dst[q] = 0
+        return lane_peak.max()
+
+    @njit(nogil=True, boundscheck=False, fastmath={"contract"})
+    def _levels(hist, first, total, g2, unpaired, counts, before, lead, n, lo, peak, narrow, rows, spare, acc32,
+                acc64):  # pragma: no cover - compiled
+        """Every level of one tile whose new level-0 frames are in rows[keep:]; returns the scratch (swapped).
+
+        ``narrow``: rows are float32 holding exact integers; a level's products are summed in float32 runs
+        short enough to stay exact (its values are at most peak·2^level), else widened to float64."""
+        levels, keep, _ = hist.shape
+        half = n // 2
         for level in range(levels):
             count = counts[level]
             if count == 0:
@@ -200,8 +173,24 @@ if HAVE_NUMBA:
                 dst = rows[i]
                 for q in range(TILE):
                     dst[q] = src[q]
-            _correlate_level(rows, rows32, acc, acc32, g2[level], span, keep, 1 if level == 0 else half, n, lo,
-                             integral)
+            first_delay = 1 if level == 0 else half
+            largest = peak * 2.0**level
+            if largest > 0:
+                if narrow:
+                    run = int((FLOAT32_EXACT - 1) // (largest * largest))
+                    if run >= MIN_FLOAT32_RUN:
+                        start = keep
+                        while start < span:
+                            stop = min(start + run, span)
+                            _correlate(rows, acc32, start, stop, first_delay, n)
+                            _flush(acc32, g2[level], first_delay, n, lo)
+                            start = stop
+                    else:
+                        _correlate_wide(rows, acc64, keep, span, first_delay, n)
+                        _flush(acc64, g2[level], first_delay, n, lo)
+                else:
+                    _correlate(rows, acc64, keep, span, first_delay, n)
+                    _flush(acc64, g2[level], first_delay, n, lo)
             tot = total[level, lo: lo + TILE]
             for t in range(keep, span):
                 src = rows[t]
@@ -244,6 +233,33 @@ if HAVE_NUMBA:
                         waiting[q] = a[q]
                 rows, spare = spare, rows
         return rows, spare
+
+    @njit(parallel=True, nogil=True, boundscheck=False, cache=True)
+    def _update_compiled(block, hist, first, total, g2, unpaired, counts, before, lead, n, integral, workers):  # pragma: no cover
+        levels, keep, padded = hist.shape
+        frames = block.shape[0]
+        tiles = padded // TILE
+        depth = keep + frames + 1
+        for worker in prange(workers):
+            # Scratch allocated once per worker, not per tile: large buffers would be mapped and unmapped each time.
+            rows32 = np.empty((depth, TILE), np.float32)
+            spare32 = np.empty((depth, TILE), np.float32)
+            rows64 = np.empty((depth, TILE))
+            spare64 = np.empty((depth, TILE))
+            acc32 = np.zeros((keep, TILE), np.float32)
+            acc64 = np.zeros((keep, TILE))
+            for tile in range(worker, tiles, workers):
+                lo = tile * TILE
+                peak = _load(block, rows32, keep, lo)
+                # float32 holds every value this tile reaches (at most peak·2^(levels-1)) exactly: the whole tile
+                # stays float32. Otherwise (large or non-integer counts) it is redone in float64.
+                if integral and peak * 2.0 ** (levels - 1) < FLOAT32_EXACT:
+                    rows32, spare32 = _levels(hist, first, total, g2, unpaired, counts, before, lead, n, lo, peak,
+                                              True, rows32, spare32, acc32, acc64)
+                else:
+                    peak = _load(block, rows64, keep, lo)
+                    rows64, spare64 = _levels(hist, first, total, g2, unpaired, counts, before, lead, n, lo, peak,
+                                              False, rows64, spare64, acc32, acc64)
 
 
 def update(block, hist, first, total, g2, unpaired, counts, before, lead, n, integral: bool) -> None:

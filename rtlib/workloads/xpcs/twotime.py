@@ -27,6 +27,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from .kernels import gather_add
+
 # Pixels per block of the product: bounds the temporary copy at frames × this × 8 bytes.
 _PIXELS_PER_BLOCK = 4096
 _FLOAT32_EXACT = 2**24  # integers up to this are exact in float32
@@ -81,16 +83,13 @@ class TwoTime:
         stop = min(self.frames_seen, self.steps * self.binning)
         if stop <= start:
             return
-        picked = np.asarray(block[: stop - start][:, self.selected], dtype=np.float32)
-        if block.dtype.kind not in "iub":
+        frames = block[: stop - start]
+        if frames.dtype.kind not in "iub":
+            frames = np.asarray(frames, dtype=np.float64)
+            picked = frames[:, self.selected]
             self.integral = self.integral and bool(np.array_equal(picked, np.rint(picked)))
-        steps = np.arange(start, stop) // self.binning
-        if self.binning == 1:
-            self.store[start:stop] = picked
-            return
-        # Frames of one bin may straddle two chunks: add them in, do not assign.
-        firsts = np.r_[0, np.flatnonzero(np.diff(steps)) + 1]
-        self.store[steps[firsts]] += np.add.reduceat(picked, firsts, axis=0)
+        # Frames of one bin may straddle two chunks: they are added in, never assigned.
+        gather_add(frames, self.selected, np.arange(start, stop) // self.binning, self.store)
 
     def state_bytes(self) -> int:
         return self.store.nbytes
