@@ -42,10 +42,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .multitau_update import TILE, level_counts, update
+from .multitau_update import TILE, level_counts, peak_count, update
 from .normalize import cell_bytes, estimate, jackknife_error
 
-BATCH_FRAMES = 256  # frames correlated per pass over the state (the state of every level is read and written once a pass)
+BATCH_FRAMES = 512  # frames correlated per pass over the state (the state of every level is read and written once a pass)
 
 
 def level_delays(level: int, delays_per_level: int) -> np.ndarray:
@@ -108,6 +108,7 @@ class MultiTau:
         self._batch: np.ndarray | None = None
         self._filled = 0
         self._result_bytes = 0  # the cell sums of the last result
+        self._peak = 0.0  # the largest |count| so far: bounds every value the levels hold
 
     def add(self, block: np.ndarray) -> None:
         """Frames (n, pixels) of the ROI pixels, next in time order (any integer or float type)."""
@@ -141,8 +142,9 @@ class MultiTau:
     def _correlate(self, frames: np.ndarray) -> None:
         counts, lead_after = level_counts(len(frames), self._lead)
         integral = frames.dtype.kind in "iu" or bool(np.array_equal(frames, np.rint(frames)))
+        self._peak = max(self._peak, peak_count(frames))
         update(frames, self._hist, self._first, self._total, self._g2, self._unpaired, counts, self._frames,
-               self._lead, self.delays_per_level, integral)
+               self._lead, self.delays_per_level, self._peak, integral)
         self._frames += counts
         self._lead = lead_after
 

@@ -41,7 +41,7 @@ class XpcsParams(BaseModel):
     twotime_rois: list[int] | None = Field(None, description="dynamic ROI labels for two-time; None: all")
     twotime_frame_binning: int = Field(1, ge=1, description="frames summed into one two-time time step")
     fit_stretched: bool = Field(False, description="fit the stretching exponent γ; False: γ = 1")
-    frames_per_chunk: int = Field(64, ge=1, description="frames read at a time; memory is about frames_per_chunk x one frame plus the correlator state (which holds up to 256 frames of the ROI pixels, correlated together)")
+    frames_per_chunk: int = Field(64, ge=1, description="frames read at a time; memory is about frames_per_chunk x one frame plus the correlator state (which holds up to 512 frames of the ROI pixels in their own type, correlated together)")
 
     @field_validator("delays_per_level")
     @classmethod
