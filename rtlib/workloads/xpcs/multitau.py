@@ -42,7 +42,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .multitau_update import TILE, level_counts, peak_count, update
+from .multitau_update import TILE, copy_with_peak, level_counts, peak_count, update
 from .normalize import cell_bytes, estimate, jackknife_error
 
 BATCH_FRAMES = 512  # frames correlated per pass over the state (the state of every level is read and written once a pass)
@@ -106,6 +106,7 @@ class MultiTau:
         self._lead = np.zeros(count, np.int64)  # 1 where a level has a frame waiting for its partner
         self.batch_frames = max(1, min(batch_frames, frames_total))
         self._batch: np.ndarray | None = None
+        self._batch_peak = 0.0  # the largest |count| copied into the batch so far
         self._filled = 0
         self._result_bytes = 0  # the cell sums of the last result
         self._peak = 0.0  # the largest |count| so far: bounds every value the levels hold
@@ -123,12 +124,15 @@ class MultiTau:
         done = 0
         while done < len(block):
             if self._filled == 0 and len(block) - done >= self.batch_frames:
-                self._correlate(block[done:])  # a whole batch or more at once: no copy
+                rest = block[done:]  # a whole batch or more at once: no copy
+                self._correlate(rest, peak_count(rest))
                 return
             if self._batch is None:
                 self._batch = np.empty((self.batch_frames, self.pixels), block.dtype)
+                self._batch_peak = 0.0
             take = min(self.batch_frames - self._filled, len(block) - done)
-            self._batch[self._filled: self._filled + take] = block[done: done + take]
+            peak = copy_with_peak(block[done: done + take], self._batch, self._filled)
+            self._batch_peak = max(self._batch_peak, peak)
             self._filled += take
             done += take
             if self._filled == self.batch_frames:
@@ -137,12 +141,14 @@ class MultiTau:
     def _correlate_batch(self) -> None:
         if self._filled:
             filled, self._filled = self._filled, 0
-            self._correlate(self._batch[:filled])
+            self._correlate(self._batch[:filled], self._batch_peak)
+            self._batch_peak = 0.0
 
-    def _correlate(self, frames: np.ndarray) -> None:
+    def _correlate(self, frames: np.ndarray, peak: float) -> None:
+        """``peak``: the largest |count| in ``frames``."""
         counts, lead_after = level_counts(len(frames), self._lead)
         integral = frames.dtype.kind in "iu" or bool(np.array_equal(frames, np.rint(frames)))
-        self._peak = max(self._peak, peak_count(frames))
+        self._peak = max(self._peak, peak)
         update(frames, self._hist, self._first, self._total, self._g2, self._unpaired, counts, self._frames,
                self._lead, self.delays_per_level, self._peak, integral)
         self._frames += counts

@@ -260,6 +260,39 @@ if HAVE_NUMBA:
                                               False, rows64, spare64, acc32, acc64)
 
 
+COPY_COLUMNS = 4096  # pixels per parallel task when frames are copied into a batch
+
+
+if HAVE_NUMBA:
+
+    @njit(parallel=True, nogil=True, boundscheck=False, cache=True)
+    def _copy_with_peak(src, dst, at):  # pragma: no cover - compiled
+        frames, pixels = src.shape
+        tasks = (pixels + COPY_COLUMNS - 1) // COPY_COLUMNS
+        peaks = np.zeros(tasks)
+        for task in prange(tasks):
+            lo = task * COPY_COLUMNS
+            hi = min(pixels, lo + COPY_COLUMNS)
+            lane = np.zeros(COPY_COLUMNS, src.dtype)  # an element-wise max vectorises
+            for t in range(frames):
+                s = src[t, lo:hi]
+                d = dst[at + t, lo:hi]
+                for q in range(hi - lo):
+                    v = abs(s[q])
+                    d[q] = s[q]
+                    lane[q] = max(lane[q], v)
+            peaks[task] = lane.max()
+        return peaks.max() if tasks else 0.0
+
+
+def copy_with_peak(src: np.ndarray, dst: np.ndarray, at: int) -> float:
+    """dst[at: at + len(src)] = src, in parallel; returns the largest |count| of src."""
+    if HAVE_NUMBA and src.dtype == dst.dtype and src.size:
+        return float(_copy_with_peak(src, dst, at))
+    dst[at: at + len(src)] = src
+    return peak_count(src)
+
+
 def peak_count(block: np.ndarray) -> float:
     """The largest |count| in ``block`` (0 for an empty one)."""
     if block.size == 0:
