@@ -573,6 +573,29 @@ def test_two_time_product_paths_equal_the_float64_product(photons_per_pixel, pat
         assert (int((2**24 - 1) // peak**2) >= 256) == (path == "float32 syrk")
 
 
+@pytest.mark.parametrize("dtype", ["uint16", "uint32", "float32"])
+def test_compiled_frame_pass_equals_numpy(monkeypatch, dtype):
+    """The workload's pass over each chunk (summed image, good-pixel sum per frame, ROI pixels picked) gives what
+    numpy's three passes give, with pixel counts that do not fill the last task."""
+    from rtlib.workloads.xpcs import single_pass as fp
+
+    rng = np.random.default_rng(9)
+    flat = rng.poisson(0.7, (23, fp.PIXELS_PER_TASK + 1001)).astype(dtype)
+    good = (rng.random(flat.shape[1]) > 0.1).astype(np.float64)
+    picked_index = np.flatnonzero(rng.random(flat.shape[1]) > 0.4)
+    outputs = []
+    for compiled in (True, False):
+        monkeypatch.setattr(fp, "HAVE_NUMBA", compiled)
+        image_sum = np.ones(flat.shape[1])
+        sums, picked = fp.frame_pass(flat, good, picked_index, image_sum)
+        outputs.append((image_sum, sums, picked))
+    for a, b in zip(*outputs):
+        np.testing.assert_array_equal(a, b)
+    np.testing.assert_array_equal(outputs[0][0], 1 + flat.sum(axis=0, dtype=np.float64))
+    np.testing.assert_array_equal(outputs[0][1], flat[:, good > 0].sum(axis=1, dtype=np.float64))
+    assert outputs[0][2].dtype == flat.dtype and np.array_equal(outputs[0][2], flat[:, picked_index])
+
+
 def test_compiled_two_time_gather_equals_the_numpy_one(monkeypatch):
     """Picking the ROI pixels out of the frames and adding them into binned time steps: the compiled gather (tasks by
     column) and numpy's give the same store, with chunks that split a bin."""

@@ -18,6 +18,7 @@ from ...errors import InputDataError, ParameterError
 from ..base import ProgressFn, Workload
 from ..saxs.geometry import DetectorGeometry, geometry_attrs, resolve_geometry
 from .fit import PARAMETERS, fit_g2
+from .single_pass import frame_pass
 from .multitau import MultiTau
 from .output import H5_NAME, write_results
 from .params import XpcsParams
@@ -51,7 +52,8 @@ def run(params: XpcsParams, inputs: list[Path], outdir: Path, progress: Progress
         else:
             qmap = compute_qmap(geometry, height, width, params.num_dynamic_q_bins, params.num_static_q_bins, params.num_phi_bins)
         pixel_index, roi_of_pixel = qmap.dynamic_pixels()
-        good = np.flatnonzero(qmap.mask.ravel())
+        good = qmap.mask.ravel().astype(np.float64)
+        good_count = float(good.sum())
 
         multitau = MultiTau(roi_of_pixel, qmap.num_dynamic, total, params.delays_per_level, params.max_levels) if do_multitau else None
         twotime_labels, twotime = None, None
@@ -65,9 +67,9 @@ def run(params: XpcsParams, inputs: list[Path], outdir: Path, progress: Progress
         progress(0.0, f"correlating {total} frames of {height} x {width} from {path.name} ({qmap.num_dynamic} dynamic ROIs)")
         for start, stop, block in checked_chunks(frames, params.frames_per_chunk, label):
             flat = block.reshape(stop - start, height * width)
-            image_sum += flat.sum(axis=0, dtype=np.float64)
-            intensity_vs_time[start:stop] = flat[:, good].mean(axis=1, dtype=np.float64)
-            dynamic = flat[:, pixel_index]
+            good_sums, dynamic = frame_pass(flat, good, pixel_index, image_sum)
+            with np.errstate(invalid="ignore", divide="ignore"):
+                intensity_vs_time[start:stop] = good_sums / good_count
             if multitau is not None:
                 multitau.add(dynamic)
             if twotime is not None:

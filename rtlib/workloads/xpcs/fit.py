@@ -27,6 +27,17 @@ def g2_model(t: np.ndarray, tau_s: float, beta: float, baseline: float, gamma: f
     return baseline + beta * np.exp(-2.0 * np.power(np.asarray(t) / tau_s, gamma))
 
 
+def g2_jacobian(t: np.ndarray, tau_s: float, beta: float, baseline: float, gamma: float = 1.0) -> np.ndarray:
+    """∂g2/∂(τ, β, baseline, γ), (len(t), 4): analytic, so a fit needs no finite differences."""
+    x = np.asarray(t) / tau_s
+    power = np.power(x, gamma)
+    decay = np.exp(-2.0 * power)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        log_x = np.where(x > 0, np.log(np.where(x > 0, x, 1.0)), 0.0)
+    return np.column_stack([beta * decay * 2.0 * gamma * power / tau_s, decay, np.ones_like(x),
+                            -2.0 * beta * decay * power * log_x])
+
+
 @dataclass
 class FitResult:
     values: dict[str, np.ndarray]  # parameter -> (rois,)
@@ -61,18 +72,25 @@ def fit_g2(delay_s: np.ndarray, g2: np.ndarray, g2_err: np.ndarray, stretched: b
         p0 = [tau0, beta0, baseline0] + ([1.0] if stretched else [])
         lower = [t[0] * 1e-3, 0.0, -np.inf] + ([0.1] if stretched else [])
         upper = [t[-1] * 1e3, np.inf, np.inf] + ([3.0] if stretched else [])
-        model = g2_model if stretched else (lambda t, tau, b, c: g2_model(t, tau, b, c, 1.0))
+        if stretched:
+            model, jac = g2_model, g2_jacobian
+        else:
+            def model(t, tau, b, c):
+                return g2_model(t, tau, b, c, 1.0)
+
+            def jac(t, tau, b, c):
+                return g2_jacobian(t, tau, b, c, 1.0)[:, :3]
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", OptimizeWarning)
                 popt, pcov = curve_fit(model, t, y, p0=p0, sigma=sigma, absolute_sigma=sigma is not None,
-                                       bounds=(lower, upper), maxfev=5000)
+                                       bounds=(lower, upper), maxfev=5000, jac=jac)
         except (RuntimeError, ValueError) as err:
             messages.append(f"ROI {k}: fit failed ({err})")
             continue
         perr = np.sqrt(np.clip(np.diag(pcov), 0, None))
         if jackknife is not None:
-            perr = _jackknife_errors(model, t, jackknife[:, use, k], sigma, popt, lower, upper, perr)
+            perr = _jackknife_errors(model, jac, t, jackknife[:, use, k], sigma, popt, lower, upper, perr)
         for name, v, e in zip(PARAMETERS, popt, perr):
             values[name][k], errors[name][k] = v, e
         if not stretched:
@@ -81,18 +99,22 @@ def fit_g2(delay_s: np.ndarray, g2: np.ndarray, g2_err: np.ndarray, stretched: b
     return FitResult(values, errors, ok, messages)
 
 
-def _jackknife_errors(model, t, curves, sigma, popt, lower, upper, fallback) -> np.ndarray:
+def _jackknife_errors(model, jac, t, curves, sigma, popt, lower, upper, fallback) -> np.ndarray:
     """sqrt((m-1)/m Σ (p_j - mean p)²) over the m left-out curves that fit; ``fallback`` if fewer than 2 do."""
     fitted = []
     for y in curves:
         if not np.all(np.isfinite(y)):
             continue  # an empty group (a ROI with fewer pixels than groups)
         try:
-            with warnings.catch_warnings():
+            with warnings.catch_warnings(), np.errstate(over="ignore", invalid="ignore"):
                 warnings.simplefilter("ignore", OptimizeWarning)
-                p, _ = curve_fit(model, t, y, p0=popt, sigma=sigma, absolute_sigma=sigma is not None,
-                                 bounds=(lower, upper), maxfev=2000)
-            fitted.append(p)
+                # Levenberg-Marquardt from the whole ROI's solution, unbounded: each left-out curve is close to the
+                # whole one, and MINPACK takes a fraction of the bounded solver's time; a solution outside the
+                # bounds is dropped.
+                p, _ = curve_fit(model, t, y, p0=popt, sigma=sigma, absolute_sigma=sigma is not None, maxfev=2000,
+                                 jac=jac)
+            if np.all(p >= lower) and np.all(p <= upper):
+                fitted.append(p)
         except (RuntimeError, ValueError):
             continue
     if len(fitted) < 2:
