@@ -273,6 +273,12 @@ def run_soak(
         secret = secrets.token_urlsafe(24)
         emulator = GlobusEmulator(collections, {client_id: secret}).start()
     ensure_workspace(settings)
+    if any(kind == "xpcs" for kind, _, _ in plan.mix):
+        # Built and cached on disk before the clock starts: a fresh installation compiles the XPCS kernels on its
+        # first run, and a worker preempted every few seconds must not be the one that compiles them.
+        from .workloads.xpcs import warm_up
+
+        warm_up()
     config_file = settings.workspace / "soak-config.toml"
     config_file.write_text(tomli_w.dumps(raw))
     rng = random.Random(plan.seed)

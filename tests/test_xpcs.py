@@ -634,7 +634,7 @@ def test_compiled_multitau_update_equals_the_numpy_one(peak_counts):
         frames[:] = 0
     padded = kernel.TILE * 3
     states = []
-    for step in (kernel._update_compiled, kernel.update_numpy):
+    for step in (kernel.update, kernel.update_numpy):
         hist, first, g2 = (np.zeros((levels, n - 1, padded)) for _ in range(3))
         total, unpaired = np.zeros((levels, padded)), np.zeros((levels, padded))
         seen, lead = np.zeros(levels, np.int64), np.zeros(levels, np.int64)
@@ -644,7 +644,7 @@ def test_compiled_multitau_update_equals_the_numpy_one(peak_counts):
             counts, after = kernel.level_counts(len(block), lead)
             peak = max(peak, kernel.peak_count(block))  # the history holds earlier blocks' counts
             args = (block, hist, first, total, g2, unpaired, counts, seen, lead, n)
-            step(*args, peak, True, 2) if step is kernel._update_compiled else step(*args)
+            step(*args, peak, True) if step is kernel.update else step(*args)
             seen, lead = seen + counts, after
         states.append((hist, first, g2, total, unpaired))
     for name, a, b in zip(("hist", "first", "g2", "total", "unpaired"), *states):

@@ -26,7 +26,7 @@ from .qmap import QMap, compute_qmap, load_qmap
 from .reader import checked_chunks, frame_time, frames_dataset, open_detector_file, select_inputs
 from .twotime import TwoTime
 
-__all__ = ["XpcsParams", "run", "workload"]
+__all__ = ["XpcsParams", "run", "warm_up", "workload"]
 
 _READ_SHARE = 0.9
 
@@ -174,6 +174,25 @@ def _twotime_labels(params: XpcsParams, qmap: QMap) -> list[int]:
         shown = ", ".join(str(int(v)) for v in qmap.dynamic_labels[:20])
         raise ParameterError(f"twotime_rois {unknown} are not dynamic ROI labels of this q-map (labels: {shown})")
     return list(params.twotime_rois)
+
+
+def warm_up() -> float:
+    """Analyse a tiny synthetic record once (both modes), so that the compiled kernels are built and cached on
+    disk; returns the seconds it took. A new installation compiles them on its first run (several seconds);
+    after this, a new worker process only loads them."""
+    import tempfile
+    import time
+
+    from ...synth.xpcs import write_xpcs_file
+
+    start = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="rtlib-xpcs-warm-") as tmp:
+        raw = Path(tmp) / "raw.h5"
+        write_xpcs_file(raw, frames=64, height=24, width=24, num_q_rings=2, seed=0)
+        out = Path(tmp) / "out"
+        out.mkdir()
+        run(XpcsParams(mode="both", num_dynamic_q_bins=2), [raw], out, lambda fraction, message: None)
+    return time.perf_counter() - start
 
 
 def _num(value: float) -> float | None:

@@ -46,7 +46,7 @@ if HAVE_NUMBA:
 
 
 def gather_add(block: np.ndarray, selected: np.ndarray, steps: np.ndarray, store: np.ndarray) -> None:
-    """Add the selected pixels of each frame of ``block`` into row ``steps[t]`` of ``store`` (float32)."""
+    """Add the selected pixels of each frame of ``block`` into row ``steps[t]`` of ``store``."""
     if HAVE_NUMBA:
         _gather_add(np.ascontiguousarray(block), selected, steps, store)
         return

@@ -10,21 +10,25 @@ The compiled update gives each parallel task one tile of pixels and runs it
 through every level before moving on, so a level's frames, its binned frames
 for the next level and its sums stay in cache; the frames are read once, in
 the order they lie in memory, and the products are vectorised over the
-tile's pixels. Photon counts are integers: their products, summed in float32
-over a run of frames short enough that no partial sum can reach 2^24, are
-exact, and twice as many fit in a vector as in float64. Each run's sums are
-added into the float64 state, so both paths give the numpy twin's sums bit
-for bit (integer sums below 2^53 do not depend on their order). A tile whose
-counts are too large for a useful run, or frames that are not integers, use
-float64 throughout.
+tile's pixels. Photon counts are integers: while the largest count seen so
+far, times 2^(levels-1), stays below 2^24, every frame of every level is
+exact in float32, and twice as many fit in a vector as in float64. Their
+products are summed in float32 over runs of frames short enough that no
+partial sum can reach 2^24 (a level whose single products could is summed in
+float64), and each run's sums are added into the float64 state, so the
+compiled update gives the numpy twin's sums bit for bit (integer sums below
+2^53 do not depend on their order). Larger counts, or frames that are not
+integers, are correlated in float64 throughout.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
+from .threads import run_tasks, thread_count
+
 try:
-    from numba import njit, prange
+    from numba import njit
 
     HAVE_NUMBA = True
 except ImportError:  # pragma: no cover - numba is a dependency; this keeps a broken install usable
@@ -128,7 +132,7 @@ if HAVE_NUMBA:
                 for q in range(TILE):
                     r[q] += np.float64(a[q]) * np.float64(b[q])
 
-    @njit(nogil=True, boundscheck=False)
+    @njit(nogil=True, boundscheck=False, error_model='numpy')
     def _flush(acc, g2_level, first_delay, n, lo):  # pragma: no cover - compiled
         for d in range(first_delay, n):
             src = acc[d - 1]
@@ -137,7 +141,7 @@ if HAVE_NUMBA:
                 dst[q] += src[q]
                 src[q] = 0
 
-    @njit(nogil=True, boundscheck=False)
+    @njit(nogil=True, boundscheck=False, error_model='numpy')
     def _load(block, rows, keep, lo):  # pragma: no cover - compiled
         """The tile's new frames into rows[keep:], zeros past the last pixel."""
         frames, pixels = block.shape
@@ -230,34 +234,29 @@ if HAVE_NUMBA:
                 rows, spare = spare, rows
         return rows, spare
 
-    @njit(parallel=True, nogil=True, boundscheck=False, cache=True)
-    def _update_compiled(block, hist, first, total, g2, unpaired, counts, before, lead, n, peak, integral,
-                         workers):  # pragma: no cover
+    @njit(nogil=True, boundscheck=False, cache=True)
+    def _update_tiles(block, hist, first, total, g2, unpaired, counts, before, lead, n, peak, narrow, worker,
+                      workers):  # pragma: no cover - compiled
+        """Tiles worker, worker + workers, ... of the batch, with scratch allocated once (large buffers would be
+        mapped and unmapped for every tile)."""
         levels, keep, padded = hist.shape
-        frames = block.shape[0]
-        tiles = padded // TILE
-        depth = keep + frames + 1
-        # float32 holds every value the batch reaches (at most peak·2^(levels-1)) exactly: every tile runs in
-        # float32. Otherwise (large or non-integer counts) in float64.
-        narrow = integral and peak * 2.0 ** (levels - 1) < FLOAT32_EXACT
-        for worker in prange(workers):
-            # Scratch allocated once per worker, not per tile: large buffers would be mapped and unmapped each time.
+        depth = keep + block.shape[0] + 1
+        acc32 = np.zeros((keep, TILE), np.float32)
+        acc64 = np.zeros((keep, TILE))
+        if narrow:
             rows32 = np.empty((depth, TILE), np.float32)
             spare32 = np.empty((depth, TILE), np.float32)
+            for tile in range(worker, padded // TILE, workers):
+                _load(block, rows32, keep, tile * TILE)
+                rows32, spare32 = _levels(hist, first, total, g2, unpaired, counts, before, lead, n, tile * TILE,
+                                          peak, True, rows32, spare32, acc32, acc64)
+        else:
             rows64 = np.empty((depth, TILE))
             spare64 = np.empty((depth, TILE))
-            acc32 = np.zeros((keep, TILE), np.float32)
-            acc64 = np.zeros((keep, TILE))
-            for tile in range(worker, tiles, workers):
-                lo = tile * TILE
-                if narrow:
-                    _load(block, rows32, keep, lo)
-                    rows32, spare32 = _levels(hist, first, total, g2, unpaired, counts, before, lead, n, lo, peak,
-                                              True, rows32, spare32, acc32, acc64)
-                else:
-                    _load(block, rows64, keep, lo)
-                    rows64, spare64 = _levels(hist, first, total, g2, unpaired, counts, before, lead, n, lo, peak,
-                                              False, rows64, spare64, acc32, acc64)
+            for tile in range(worker, padded // TILE, workers):
+                _load(block, rows64, keep, tile * TILE)
+                rows64, spare64 = _levels(hist, first, total, g2, unpaired, counts, before, lead, n, tile * TILE,
+                                          peak, False, rows64, spare64, acc32, acc64)
 
 
 COPY_COLUMNS = 4096  # pixels per parallel task when frames are copied into a batch
@@ -265,30 +264,27 @@ COPY_COLUMNS = 4096  # pixels per parallel task when frames are copied into a ba
 
 if HAVE_NUMBA:
 
-    @njit(parallel=True, nogil=True, boundscheck=False, cache=True)
-    def _copy_with_peak(src, dst, at):  # pragma: no cover - compiled
+    @njit(nogil=True, boundscheck=False, cache=True)
+    def _copy_with_peak(src, dst, at, task, tasks):  # pragma: no cover - compiled
+        """Columns task, task + tasks, ... (blocks of COPY_COLUMNS) of src into dst[at:]; their largest |count|."""
         frames, pixels = src.shape
-        tasks = (pixels + COPY_COLUMNS - 1) // COPY_COLUMNS
-        peaks = np.zeros(tasks)
-        for task in prange(tasks):
-            lo = task * COPY_COLUMNS
+        lane = np.zeros(COPY_COLUMNS, src.dtype)  # an element-wise max vectorises
+        for block in range(task, (pixels + COPY_COLUMNS - 1) // COPY_COLUMNS, tasks):
+            lo = block * COPY_COLUMNS
             hi = min(pixels, lo + COPY_COLUMNS)
-            lane = np.zeros(COPY_COLUMNS, src.dtype)  # an element-wise max vectorises
             for t in range(frames):
                 s = src[t, lo:hi]
                 d = dst[at + t, lo:hi]
                 for q in range(hi - lo):
-                    v = abs(s[q])
                     d[q] = s[q]
-                    lane[q] = max(lane[q], v)
-            peaks[task] = lane.max()
-        return peaks.max() if tasks else 0.0
+                    lane[q] = max(lane[q], abs(s[q]))
+        return np.float64(lane.max())
 
 
 def copy_with_peak(src: np.ndarray, dst: np.ndarray, at: int) -> float:
     """dst[at: at + len(src)] = src, in parallel; returns the largest |count| of src."""
     if HAVE_NUMBA and src.dtype == dst.dtype and src.size:
-        return float(_copy_with_peak(src, dst, at))
+        return max(run_tasks(_copy_with_peak, thread_count(), np.ascontiguousarray(src), dst, at))
     dst[at: at + len(src)] = src
     return peak_count(src)
 
@@ -307,10 +303,12 @@ def update(block, hist, first, total, g2, unpaired, counts, before, lead, n, pea
 
     ``peak``: the largest |count| of this block and of every block before it (the levels' history holds those)."""
     if HAVE_NUMBA:
-        from numba import get_num_threads
-
-        workers = min(4 * get_num_threads(), hist.shape[2] // TILE)  # a few tasks per thread even out uneven tiles
-        _update_compiled(np.ascontiguousarray(block), hist, first, total, g2, unpaired, counts, before, lead, n,
-                         peak, integral, workers)
+        levels = hist.shape[0]
+        # float32 holds every value the batch reaches (at most peak·2^(levels-1)) exactly: every tile runs in
+        # float32. Otherwise (large or non-integer counts) in float64.
+        narrow = integral and peak * 2.0 ** (levels - 1) < FLOAT32_EXACT
+        tasks = min(4 * thread_count(), hist.shape[2] // TILE)  # a few tasks per thread even out uneven tiles
+        run_tasks(_update_tiles, tasks, np.ascontiguousarray(block), hist, first, total, g2, unpaired, counts,
+                  before, lead, n, peak, narrow)
     else:
         update_numpy(block, hist, first, total, g2, unpaired, counts, before, lead, n)

@@ -3,7 +3,7 @@
 Every normalisation is a function of sums over cells of pixels: (ROI,
 jackknife group) for ``pixel`` and ``roi``, and (ROI, static ROI, jackknife
 group) with (static ROI, jackknife group) for ``static``. One compiled pass
-over the correlator state forms those sums for every delay at once (parallel
+over the correlator state forms those sums for every delay at once (threads
 over levels); the g2 of the whole ROI and of the ROI with one group left out
 then come from the small cell arrays, for all delays together.
 
@@ -18,8 +18,10 @@ import warnings
 import numpy as np
 from scipy import sparse
 
+from .threads import run_tasks, thread_count
+
 try:
-    from numba import njit, prange
+    from numba import njit
 
     HAVE_NUMBA = True
 except ImportError:  # pragma: no cover - numba is a dependency; this keeps a broken install usable
@@ -79,16 +81,17 @@ def _cell_sums_numpy(g2, first, hist, total, frames, row_of, cell0, cell1, n0, n
 
 if HAVE_NUMBA:
 
-    @njit(parallel=True, nogil=True, boundscheck=False, cache=True)
-    def _cell_sums_compiled(g2, first, hist, total, frames, row_of, cell0, cell1, n0, n1, ratio_mode, rows):  # pragma: no cover
+    @njit(nogil=True, boundscheck=False, cache=True)
+    def _cell_sums_level(g2, first, hist, total, frames, row_of, cell0, cell1, ratio_mode, out0, out1, out2, task,
+                         tasks):  # pragma: no cover - compiled
+        """Levels task, task + tasks, ...: each writes only its own rows of the outputs."""
         levels, keep, _ = g2.shape
         pixels = cell0.shape[0]
-        out0 = np.zeros((rows, n0))
-        out1 = np.zeros((rows, n1))
-        out2 = np.zeros((rows, n1))
-        for level in prange(levels):  # each level writes only its own rows
-            head = np.zeros(pixels)  # Σ first[:d]: the first d frames
-            tail = np.zeros(pixels)  # Σ hist[keep-d:]: the last d frames
+        head = np.zeros(pixels)  # Σ first[:d]: the first d frames
+        tail = np.zeros(pixels)  # Σ hist[keep-d:]: the last d frames
+        for level in range(task, levels, tasks):
+            head[:] = 0.0
+            tail[:] = 0.0
             for d in range(1, keep + 1):
                 for p in range(pixels):
                     head[p] += first[level, d - 1, p]
@@ -113,6 +116,11 @@ if HAVE_NUMBA:
                         a0[cell0[p]] += num
                         a1[cell1[p]] += past
                         a2[cell1[p]] += future
+
+    def _cell_sums_compiled(g2, first, hist, total, frames, row_of, cell0, cell1, n0, n1, ratio_mode, rows):
+        out0, out1, out2 = np.zeros((rows, n0)), np.zeros((rows, n1)), np.zeros((rows, n1))
+        run_tasks(_cell_sums_level, min(thread_count(), g2.shape[0]), g2, first, hist, total,
+                  np.asarray(frames, np.int64), row_of, cell0, cell1, ratio_mode, out0, out1, out2)
         return out0, out1, out2
 
 
