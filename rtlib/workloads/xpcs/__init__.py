@@ -18,12 +18,12 @@ from ...errors import InputDataError, ParameterError
 from ..base import ProgressFn, Workload
 from ..saxs.geometry import DetectorGeometry, geometry_attrs, resolve_geometry
 from .fit import PARAMETERS, fit_g2
-from .single_pass import frame_pass
 from .multitau import MultiTau
 from .output import H5_NAME, write_results
 from .params import XpcsParams
 from .qmap import QMap, compute_qmap, load_qmap
 from .reader import checked_chunks, frame_time, frames_dataset, open_detector_file, select_inputs
+from .single_pass import frame_pass
 from .twotime import TwoTime
 
 __all__ = ["XpcsParams", "run", "warm_up", "workload"]

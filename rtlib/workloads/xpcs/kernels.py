@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from .threads import thread_count
+
 try:
     from numba import njit, prange
 
@@ -125,9 +127,7 @@ def sparse_gram(cols: np.ndarray) -> np.ndarray | None:
     per_pixel = np.diff(ptr).astype(np.float64)
     if sparse_advantage() * float(np.dot(per_pixel, per_pixel)) >= float(steps) * steps * pixels:
         return None
-    from numba import get_num_threads
-
-    upper = _sparse_upper_gram(ptr, idx, vals, steps, _bands(steps, 4 * get_num_threads()))
+    upper = _sparse_upper_gram(ptr, idx, vals, steps, _bands(steps, 4 * thread_count()))
     return upper + np.triu(upper, 1).T
 
 
@@ -143,12 +143,11 @@ def _measure_sparse_advantage(steps: int = 512, pixels: int = 16384) -> float:
     """Seconds per scattered multiply-add over seconds per float32 syrk multiply-add, on sparse counts."""
     import time
 
-    from numba import get_num_threads
     from scipy.linalg import blas
 
     cols = np.random.default_rng(0).poisson(0.05, (steps, pixels)).astype(np.float32)
     ptr, idx, vals = _nonzeros_by_pixel(cols)
-    bands = _bands(steps, 4 * get_num_threads())
+    bands = _bands(steps, 4 * thread_count())
 
     def best(fn) -> float:
         fn()  # compiled and warm before it counts

@@ -43,7 +43,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .multitau_update import TILE, copy_with_peak, level_counts, peak_count, update
-from .normalize import cell_bytes, estimate, jackknife_error
+from .normalize import estimate, jackknife_error
 
 BATCH_FRAMES = 512  # frames correlated per pass over the state (the state of every level is read and written once a pass)
 
@@ -178,10 +178,9 @@ class MultiTau:
                     delays.append(d * 2**level.index)
                     pairs.append(n - d)
         state = (self._g2, self._first, self._hist, self._total, self._frames)
-        g2, loo = estimate(normalization, state, row_of, len(delays), self.roi_of_pixel, self.num_rois,
-                           smoothing_group)
-        self._result_bytes = cell_bytes(normalization, len(delays), self.roi_of_pixel, self.num_rois,
-                                        smoothing_group) + 2 * loo.nbytes
+        g2, loo, sums_bytes = estimate(normalization, state, row_of, len(delays), self.roi_of_pixel, self.num_rois,
+                                       smoothing_group)
+        self._result_bytes = sums_bytes + 2 * loo.nbytes
         return MultiTauResult(
             delay_frames=np.asarray(delays, dtype=np.int64),
             g2=g2.reshape(len(delays), self.num_rois),

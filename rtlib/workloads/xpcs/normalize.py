@@ -129,8 +129,9 @@ def _cell_sums(*args):
 
 
 def estimate(normalization: str, state: tuple, row_of: np.ndarray, rows: int, roi_of_pixel: np.ndarray,
-             num_rois: int, smoothing_group: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
-    """g2 (rows, rois) and its leave-one-group-out values (groups, rows, rois; NaN for an empty group).
+             num_rois: int, smoothing_group: np.ndarray | None) -> tuple[np.ndarray, np.ndarray, int]:
+    """g2 (rows, rois), its leave-one-group-out values (groups, rows, rois; NaN for an empty group), and the bytes
+    of the cell sums formed on the way.
 
     ``state``: the correlator's (g2, first, hist, total, frames per level); ``row_of[level, d-1]``: the output
     row of that level's delay d, or -1 for a delay not reported."""
@@ -141,8 +142,8 @@ def estimate(normalization: str, state: tuple, row_of: np.ndarray, rows: int, ro
     counts = np.bincount(cell, minlength=num_rois * k).reshape(num_rois, k).astype(np.float64)
     with np.errstate(invalid="ignore", divide="ignore"):
         if normalization == "pixel":
-            ratio, valid, _ = _cell_sums(*state, row_of, cell, cell, num_rois * k, num_rois * k, True, rows)
-            a, b = ratio.reshape(rows, num_rois, k), valid.reshape(rows, num_rois, k)
+            sums = _cell_sums(*state, row_of, cell, cell, num_rois * k, num_rois * k, True, rows)
+            a, b = sums[0].reshape(rows, num_rois, k), sums[1].reshape(rows, num_rois, k)
             full = a.sum(2) / b.sum(2)
             loo = (a.sum(2)[..., None] - a) / (b.sum(2)[..., None] - b)
             loo = np.where(b > 0, loo, np.nan)
@@ -157,20 +158,8 @@ def estimate(normalization: str, state: tuple, row_of: np.ndarray, rows: int, ro
             loo = combine(*[x.sum(2)[..., None] - x for x in (g, ip, if_, m)])
             loo = np.where(m > 0, loo, np.nan)
         else:
-            full, loo = _static(state, row_of, rows, roi, num_rois, part, np.asarray(smoothing_group, np.intp))
-    return full, np.moveaxis(loo, -1, 0)
-
-
-def cell_bytes(normalization: str, rows: int, roi_of_pixel: np.ndarray, num_rois: int,
-               smoothing_group: np.ndarray | None) -> int:
-    """Memory of the cell sums ``estimate`` forms (three arrays of rows x cells)."""
-    cells = num_rois * JACKKNIFE_GROUPS
-    if normalization == "static":
-        smooth = np.asarray(smoothing_group, np.intp)
-        groups = int(smooth.max()) + 1 if len(smooth) else 0
-        pairs = len(np.unique(np.asarray(roi_of_pixel, np.intp) * groups + smooth))
-        cells = (pairs + 2 * groups) * JACKKNIFE_GROUPS // 3
-    return 3 * rows * cells * 8
+            full, loo, sums = _static(state, row_of, rows, roi, num_rois, part, np.asarray(smoothing_group, np.intp))
+    return full, np.moveaxis(loo, -1, 0), sum(s.nbytes for s in sums)
 
 
 def _static(state, row_of, rows, roi, num_rois, part, smooth):
@@ -180,8 +169,9 @@ def _static(state, row_of, rows, roi, num_rois, part, smooth):
     groups = int(smooth.max()) + 1 if len(smooth) else 0
     pairs, pair_of_pixel = np.unique(roi * groups + smooth, return_inverse=True)
     pair_roi, pair_group = pairs // groups, pairs % groups
-    top, ip, if_ = _cell_sums(*state, row_of, pair_of_pixel * k + part, smooth * k + part, len(pairs) * k,
-                              groups * k, False, rows)
+    sums = _cell_sums(*state, row_of, pair_of_pixel * k + part, smooth * k + part, len(pairs) * k, groups * k,
+                      False, rows)
+    top, ip, if_ = sums
     top = top.reshape(rows, len(pairs), k)
     ip, if_ = ip.reshape(rows, groups, k), if_.reshape(rows, groups, k)
     members = np.bincount(smooth * k + part, minlength=groups * k).reshape(groups, k).astype(np.float64)
@@ -209,4 +199,4 @@ def _static(state, row_of, rows, roi, num_rois, part, smooth):
             loo[:, :, j] = g2_of(top.sum(2) - top[:, :, j], ip.sum(2) - ip[:, :, j], if_.sum(2) - if_[:, :, j],
                                  members.sum(1) - members[:, j], members_in.sum(1) - members_in[:, j])
         loo = np.where(present[None], loo, np.nan)
-    return full, loo
+    return full, loo, sums
