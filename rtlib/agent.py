@@ -45,7 +45,7 @@ from sqlalchemy import exc as sa_exc
 from . import accounting
 from .compute.base import ComputeBackend
 from .compute.policy import NoQueueFits, choose_queue, request_for
-from .compute.task import SUMMARY_FILE, read_progress, run_attempt
+from .compute.task import SUMMARY_FILE, attempt_started, read_progress, run_attempt
 from .config import Settings
 from .errors import RtlibError
 from .states import ACTIVE, TERMINAL, State
@@ -114,6 +114,10 @@ class Agent:
         self.item_job: dict[int, int] = {}  # transfer item -> job, while in flight
         self.ready: deque[int] = deque()  # STAGED_IN jobs waiting for a compute slot
         self.runs: dict[int, _Run] = {}
+        # analyses still running on the cluster when a store error made the agent forget its jobs: re-attached
+        # when the job is re-adopted in the same attempt (a store restart costs no compute), else cancelled
+        self.detached: dict[int, tuple[_Run, float]] = {}
+        self.unstarted_losses: dict[int, int] = {}  # job -> attempts lost before they started (not charged)
         self.batches: set[Future] = set()
         self.outcomes: queue.Queue[tuple[str, TransferOutcome, int]] = queue.Queue()
         self.pool = ThreadPoolExecutor(max_workers=self.opts.transfers_in_flight, thread_name_prefix="rtlib-transfer")
@@ -183,9 +187,14 @@ class Agent:
     def _reset(self) -> None:
         """Forget every job after a store error: the store is the truth, and the next claim re-adopts them.
 
-        Running analyses are abandoned (their attempts count as lost); copies in flight finish and
-        their outcomes are recorded, but no job advances on them until it is re-adopted.
+        Running analyses go on on the cluster: a job re-adopted in the same attempt picks its analysis up
+        again (see `_recover_running`). Copies in flight finish and their outcomes are recorded, but no job
+        advances on them until it is re-adopted.
         """
+        now = time.monotonic()
+        for job_id, run in self.runs.items():
+            self.detached[job_id] = (run, now)
+        self.runs.clear()
         for job_id in list(self.jobs):
             self._forget(job_id)
         self.item_job.clear()
@@ -221,6 +230,8 @@ class Agent:
             ):
                 self._adopt(job)
                 busy = True
+        if self.detached:
+            self._drop_detached(now)
         busy |= self._collect_transfers()
         busy |= self._dispatch_transfers()
         tend = getattr(self.compute, "tend", None)
@@ -232,6 +243,14 @@ class Agent:
             self._last_hold_check = now
             busy |= self._release_held()
         return busy
+
+    def _drop_detached(self, now: float) -> None:
+        """Cancel the detached analyses of jobs not re-adopted within a lease (another agent has them now)."""
+        stale_before = time.monotonic() - self.opts.lease_s
+        for job_id, (run, since) in list(self.detached.items()):
+            if since < stale_before:
+                del self.detached[job_id]
+                run.future.cancel()
 
     def _site_idle(self) -> bool:
         counts = self.store.count_by_state(site=self.site_name)
@@ -269,6 +288,7 @@ class Agent:
             return None
         if done:
             self._forget(job.id)
+            self.unstarted_losses.pop(job.id, None)
             return None
         job = self.store.get_job(job.id)
         self.jobs[job.id] = job
@@ -349,11 +369,31 @@ class Agent:
             self.ready.append(job.id)
 
     def _recover_running(self, job: Job) -> None:
+        run, _ = self.detached.pop(job.id, (None, 0.0))
+        if run is not None:
+            if run.attempt == job.attempts:  # forgotten after a store error, still ours and still on the cluster
+                log.info("job %s: attempt %s picked up again after the store came back", job.id, run.attempt)
+                self.runs[job.id] = run
+                return
+            run.future.cancel()
         out = self._local(layout.output_dir(job.id))
         if (out / SUMMARY_FILE).exists():
             self._record_run_done(job, out, "analysis had finished before the agent restarted")
         else:
             self._preempted(job, f"attempt {job.attempts} was lost with its agent (restart)")
+
+    def _lost_before_start(self, job: Job, run: _Run, reason: str) -> None:
+        """An attempt its worker never started (queued there when the worker died) is not charged to the job's
+        retries, up to max_attempts such losses per job in one agent life (a bound on a pathological loop)."""
+        lost = self.unstarted_losses.get(job.id, 0)
+        if lost >= job.max_attempts:
+            self._preempted(job, reason)
+            return
+        self.unstarted_losses[job.id] = lost + 1
+        job = self._move(job, S.PREEMPTED, f"{reason}; it had not started, so it is not counted",
+                         attempts=max(0, run.attempt - 1))
+        if job:
+            self._requeue_preempted(job)
 
     def _requeue_preempted(self, job: Job) -> None:
         if job.attempts >= job.max_attempts:
@@ -585,9 +625,14 @@ class Agent:
         return changed
 
     def _run_failed(self, job: Job, run: _Run, exc: BaseException) -> None:
+        started = attempt_started(self._local(run.attempt_dir))
         shutil.rmtree(self._local(run.attempt_dir), ignore_errors=True)
         if self.compute.is_worker_lost(exc):
-            self._preempted(job, f"attempt {run.attempt}: worker lost ({type(exc).__name__}: {exc})")
+            reason = f"attempt {run.attempt}: worker lost ({type(exc).__name__}: {exc})"
+            if started:
+                self._preempted(job, reason)
+            else:
+                self._lost_before_start(job, run, reason)
         elif isinstance(exc, RtlibError):
             self._fail(job, f"{type(exc).__name__}: {exc}")
         else:

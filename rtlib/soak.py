@@ -404,6 +404,13 @@ def _secret_leaks(secret: str, settings: Settings, store: JobStore, log_dir: Pat
     return sorted(set(found))
 
 
+def _losses(store: JobStore, job) -> str:
+    """The job's lost attempts, for the person reading a verdict: when (s after it was created) and why."""
+    events = store.events(job.id)
+    lost = [f"{e.timestamp - events[0].timestamp:.0f} s {e.reason[:90]}" for e in events if e.to_state == State.PREEMPTED.value]
+    return f" ({job.workload}; lost attempts: " + " | ".join(lost) + ")" if lost else f" ({job.workload})"
+
+
 def _judge(settings: Settings, store: JobStore, ids: dict[int, tuple[str, str, bool]], verdict: Verdict, sup: _Supervisor) -> None:
     verdict.datasets = len(ids)
     for job in store.list_jobs(ids=list(ids)):
@@ -415,7 +422,7 @@ def _judge(settings: Settings, store: JobStore, ids: dict[int, tuple[str, str, b
         elif job.state == State.FAILED and malformed and rel.split("/")[-1] in (job.error or ""):
             verdict.failed_as_expected += 1
         elif job.state in TERMINAL:
-            verdict.unexpected_failures[job.id] = f"{job.state.value}: {job.error}"
+            verdict.unexpected_failures[job.id] = f"{job.state.value}: {job.error}" + _losses(store, job)
         else:
             verdict.stuck.append(job.id)
     steps = Counter((e.job_id, e.to_state) for e in store.events() if e.job_id in ids and e.to_state in ("RUN_DONE", "DONE"))

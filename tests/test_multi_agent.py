@@ -103,3 +103,46 @@ def test_agent_survives_postgres_restart(tmp_path, postgres_server, caplog):
     finally:
         rt.close()
         postgres_server.drop_database("restart_under_load")
+
+
+def test_an_analysis_running_through_a_store_restart_is_picked_up_again(tmp_path, postgres_server, caplog):
+    """A PostgreSQL restart while an analysis runs: the agent forgets its jobs, re-adopts them, and re-attaches to
+    the analysis still running on the cluster instead of charging a lost attempt and running it again."""
+    import threading
+    import time
+
+    from rtlib.compute.local import LocalDaskBackend
+    from rtlib.runtime import open_runtime
+
+    from helpers import make_settings, produce
+
+    caplog.set_level("INFO", logger="rtlib.agent")
+    url = postgres_server.create_database("restart_mid_run")
+    settings = make_settings(tmp_path / "ws", url)
+    rt = open_runtime(settings)
+    rt.compute = LocalDaskBackend(workers=1)
+    rt.compute.start()
+    try:
+        (ep, rel), = produce(settings, 1)
+        jid = jobs.submit(rt.store, settings, "noop", source_endpoint=ep, inputs=[rel], params={"sleep_s": 6})
+        agent = rt.agent("local")
+        runner = threading.Thread(target=agent.run, kwargs={"until_idle": True, "max_seconds": 120})
+        runner.start()
+        scratch = Path(settings.endpoints[settings.sites["local"].scratch_endpoint].root)
+        deadline = time.monotonic() + 60
+        while not list(scratch.glob(f"jobs/{jid:08d}/attempt-*/.started")) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert list(scratch.glob(f"jobs/{jid:08d}/attempt-*/.started")), "the analysis must be running at the restart"
+        postgres_server.restart(down_s=1.0)
+        runner.join(150)
+        assert not runner.is_alive()
+        assert "job store unreachable" in caplog.text, "the restart must have been felt by the agent"
+        job = rt.store.get_job(jid)
+        assert job.state.value == "DONE", job.error
+        path = [e.to_state for e in rt.store.events(jid)]
+        assert "PREEMPTED" not in path and path.count("RUNNING") == 1 and job.attempts == 1, path
+        assert "picked up again after the store came back" in caplog.text
+        assert_results_home(settings, rt.store)
+    finally:
+        rt.close()
+        postgres_server.drop_database("restart_mid_run")

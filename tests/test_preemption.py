@@ -171,3 +171,32 @@ def test_a_cluster_start_killed_twice_is_retried_then_runs(monkeypatch):
     with pytest.raises(ComputeStartError, match=r"did not start after \d+ tries in 4 s: RuntimeError: Nanny failed"):
         LocalDaskBackend(workers=1, start_timeout_s=4).start()
     assert time.monotonic() - started < 4.5
+
+
+def test_an_attempt_lost_before_it_started_is_not_charged(tmp_path):
+    """One worker holds a running attempt and a queued one when it is killed: only the running one uses a retry."""
+    settings = make_settings(tmp_path / "ws", max_attempts=2)
+    rt = open_runtime(settings)
+    rt.compute = LocalDaskBackend(workers=1)  # the agent keeps one spare task queued on it
+    rt.compute.start()
+    try:
+        ids = [jobs.submit(rt.store, settings, "noop", source_endpoint=ep, inputs=[rel], params={"sleep_s": 3, "partial_file": PARTIAL})
+               for ep, rel in produce(settings, 2)]
+        stop, kills, partials = threading.Event(), [], []
+        scratch = Path(settings.endpoints[settings.sites["local"].scratch_endpoint].root)
+        killer = threading.Thread(target=_kill_worker_running, args=(rt.compute, scratch, stop, kills, partials, 1), daemon=True)
+        killer.start()
+        rt.agent("local").run(until_idle=True, max_seconds=120)
+        stop.set()
+        killer.join(10)
+        assert len(kills) == 1
+        final = {j.id: j for j in rt.store.list_jobs(ids=ids)}
+        assert all(j.state == State.DONE for j in final.values()), [(j.id, j.error) for j in final.values()]
+        lost = {i: [e.reason for e in rt.store.events(i) if e.to_state == "PREEMPTED"] for i in ids}
+        ran, queued = sorted(ids, key=lambda i: "not counted" in " ".join(lost[i]))
+        assert len(lost[ran]) == 1 and "not counted" not in lost[ran][0] and final[ran].attempts == 2, lost
+        assert len(lost[queued]) == 1 and "it had not started, so it is not counted" in lost[queued][0], lost
+        assert final[queued].attempts == 1, "an attempt that never began must not use up the job's retries"
+        assert_results_home(settings, rt.store)
+    finally:
+        rt.close()
