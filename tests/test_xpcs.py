@@ -617,16 +617,18 @@ def test_compiled_two_time_gather_equals_the_numpy_one(monkeypatch):
     np.testing.assert_array_equal(stores[0], expected)
 
 
+@pytest.mark.parametrize("n", [8, 16, 6])
 @pytest.mark.parametrize("peak_counts", [0, 3, 2000, 65535])
-def test_compiled_multitau_update_equals_the_numpy_one(peak_counts):
+def test_compiled_multitau_update_equals_the_numpy_one(peak_counts, n):
     """Every state array after the compiled update equals the numpy update's bit for bit: all-zero tiles (skipped),
     float32 runs of every length the peak allows, float64 for counts too large, a pixel count that does not fill
-    the last tile, and batches that leave frames waiting for their partner."""
+    the last tile, and batches that leave frames waiting for their partner; with the written-out product kernels
+    (8 and 16 delays per level: whole blocks of frames and the frames after them) and without (6)."""
     from rtlib.workloads.xpcs import multitau_update as kernel
 
     assert kernel.HAVE_NUMBA
     rng = np.random.default_rng(11)
-    pixels, n, levels = kernel.TILE * 2 + 17, 8, 5
+    pixels, levels = kernel.TILE * 2 + 17, 5
     frames = rng.poisson(0.3, (203, pixels)).astype(np.uint16)
     if peak_counts:
         frames[rng.integers(0, 203, 40), rng.integers(0, pixels, 40)] = peak_counts
@@ -671,3 +673,49 @@ def test_raw_counts_give_the_float64_result_bit_for_bit(dtype):
     for name in ("g2", "g2_err", "delay_frames", "pairs"):
         np.testing.assert_array_equal(getattr(results[0], name), getattr(results[1], name), err_msg=name)
     assert np.isfinite(results[0].g2).all()
+
+
+WARM_UP_COVERS = """
+import json, sys, tempfile
+from pathlib import Path
+from rtlib.synth.xpcs import write_xpcs_file
+from rtlib.workloads.xpcs import XpcsParams, run, warm_up
+from rtlib.workloads.xpcs import kernels, multitau_update, normalize, single_pass
+
+def signatures():
+    return {f"{m.__name__}.{n}": {str(s) for s in getattr(m, n).signatures}
+            for m in (kernels, multitau_update, normalize, single_pass) for n in dir(m) if hasattr(getattr(m, n), "signatures")}
+
+warm_up()
+before = signatures()
+tmp = Path(tempfile.mkdtemp())
+write_xpcs_file(tmp / "raw.h5", frames=int(sys.argv[1]), height=64, width=64, seed=5)
+(tmp / "out").mkdir()
+run(XpcsParams(), [tmp / "raw.h5"], tmp / "out", lambda fraction, message: None)
+after = signatures()
+print(json.dumps({k: sorted(after[k] - before.get(k, set())) for k in after if after[k] - before.get(k, set())}))
+"""
+
+
+@pytest.mark.parametrize("frames", [366, 1100])
+def test_warm_up_compiles_every_kernel_a_uint16_record_needs(frames):
+    """A worker on a preemptable queue must not be the one that compiles: after warm_up(), a fresh process analyses a
+    uint16 record (one batch or several) without compiling anything new."""
+    import json
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-c", WARM_UP_COVERS, str(frames)], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    compiled_after = json.loads(done.stdout.strip().splitlines()[-1])
+    assert compiled_after == {}, f"compiled after warm_up: {compiled_after}"
+
+
+def test_the_written_out_product_kernels_are_current():
+    """multitau_products.py is generated: it must be what products_source.py writes now."""
+    from rtlib.workloads.xpcs import multitau_update, products_source
+
+    source = products_source.MODULE.read_text()
+    assert source == products_source.module_source(), "rerun: python -m rtlib.workloads.xpcs.products_source"
+    # numba's cache of the update must be rebuilt whenever the kernels it calls change
+    assert multitau_update.PRODUCTS_DIGEST == products_source.digest(source)

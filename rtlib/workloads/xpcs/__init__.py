@@ -188,7 +188,8 @@ def warm_up() -> float:
     start = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="rtlib-xpcs-warm-") as tmp:
         raw = Path(tmp) / "raw.h5"
-        write_xpcs_file(raw, frames=64, height=24, width=24, num_q_rings=2, seed=0)
+        # more frames than one chunk: frames are gathered into a batch, as in a real record (uint16, the usual type)
+        write_xpcs_file(raw, frames=160, height=24, width=24, num_q_rings=2, seed=0)
         out = Path(tmp) / "out"
         out.mkdir()
         run(XpcsParams(mode="both", num_dynamic_q_bins=2), [raw], out, lambda fraction, message: None)
