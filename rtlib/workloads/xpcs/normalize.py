@@ -79,6 +79,8 @@ def _cell_sums_numpy(g2, first, hist, total, frames, row_of, cell0, cell1, n0, n
     return out0, out1, out2
 
 
+LANES = 4  # partial sums per cell in the compiled cell sums
+
 if HAVE_NUMBA:
 
     @njit(nogil=True, boundscheck=False, cache=True)
@@ -89,6 +91,9 @@ if HAVE_NUMBA:
         pixels = cell0.shape[0]
         head = np.zeros(pixels)  # Σ first[:d]: the first d frames
         tail = np.zeros(pixels)  # Σ hist[keep-d:]: the last d frames
+        # neighbouring pixels mostly share a cell: adding each into one of LANES copies by pixel index makes
+        # LANES independent chains of read-add-write instead of one (each waits for the store before it)
+        l0, l1, l2 = np.zeros((LANES, out0.shape[1])), np.zeros((LANES, out1.shape[1])), np.zeros((LANES, out2.shape[1]))
         for level in range(task, levels, tasks):
             head[:] = 0.0
             tail[:] = 0.0
@@ -100,22 +105,27 @@ if HAVE_NUMBA:
                 if row < 0:
                     continue
                 pairs = frames[level] - d
-                a0 = out0[row]
-                a1 = out1[row]
-                a2 = out2[row]
+                l0[:] = 0.0
+                l1[:] = 0.0
+                l2[:] = 0.0
                 for p in range(pixels):
+                    lane = p % LANES
                     num = pairs * g2[level, d - 1, p]
                     past = total[level, p] - tail[p]
                     future = total[level, p] - head[p]
                     if ratio_mode:
                         product = past * future
                         if product > 0:
-                            a0[cell0[p]] += num / product
-                            a1[cell1[p]] += 1.0
+                            l0[lane, cell0[p]] += num / product
+                            l1[lane, cell1[p]] += 1.0
                     else:
-                        a0[cell0[p]] += num
-                        a1[cell1[p]] += past
-                        a2[cell1[p]] += future
+                        l0[lane, cell0[p]] += num
+                        l1[lane, cell1[p]] += past
+                        l2[lane, cell1[p]] += future
+                for lane in range(LANES):
+                    out0[row] += l0[lane]
+                    out1[row] += l1[lane]
+                    out2[row] += l2[lane]
 
     def _cell_sums_compiled(g2, first, hist, total, frames, row_of, cell0, cell1, n0, n1, ratio_mode, rows):
         out0, out1, out2 = np.zeros((rows, n0)), np.zeros((rows, n1)), np.zeros((rows, n1))
