@@ -43,7 +43,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .multitau_update import TILE, copy_with_peak, level_counts, peak_count, update
-from .normalize import estimate, jackknife_error
+from .normalize import estimate, jackknife_error, jackknife_groups
 
 BATCH_FRAMES = 512  # frames correlated per pass over the state (the state of every level is read and written once a pass)
 
@@ -110,6 +110,7 @@ class MultiTau:
         self._filled = 0
         self._result_bytes = 0  # the cell sums of the last result
         self._peak = 0.0  # the largest |count| so far: bounds every value the levels hold
+        self._jackknife_part: np.ndarray | None = None
 
     def add(self, block: np.ndarray) -> None:
         """Frames (n, pixels) of the ROI pixels, next in time order (any integer or float type)."""
@@ -178,8 +179,10 @@ class MultiTau:
                     delays.append(d * 2**level.index)
                     pairs.append(n - d)
         state = (self._g2, self._first, self._hist, self._total, self._frames)
+        if self._jackknife_part is None:  # the pixels' jackknife groups: fixed by the ROIs, formed once
+            self._jackknife_part = jackknife_groups(self.roi_of_pixel, self.num_rois)
         g2, loo, sums_bytes = estimate(normalization, state, row_of, len(delays), self.roi_of_pixel, self.num_rois,
-                                       smoothing_group)
+                                       smoothing_group, self._jackknife_part)
         self._result_bytes = sums_bytes + 2 * loo.nbytes
         return MultiTauResult(
             delay_frames=np.asarray(delays, dtype=np.int64),

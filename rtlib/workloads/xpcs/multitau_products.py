@@ -9,8 +9,9 @@ KERNELS = ((16, 1), (16, 8), (8, 1), (8, 4))
 
 @njit(nogil=True, boundscheck=False, fastmath={'contract'}, error_model='numpy')
 def products_16_1(rows, acc, start, stop):  # pragma: no cover - compiled
-    """acc[(d-1)·TILE + q] += Σ rows[t·TILE + q] rows[(t-d)·TILE + q] for d = 1..15, over whole blocks
-    of 8 frames from ``start`` (>= 15); returns where the blocks stopped (the caller does the rest)."""
+    """acc[(d-1)·TILE + q] += Σ rows[t·TILE + q] rows[(t-d)·TILE + q] for d = 1..15, and the frames' sum
+    Σ rows[t·TILE + q] into acc[15·TILE + q], over whole blocks of 8 frames from ``start`` (>= 15);
+    returns where the blocks stopped (the caller does the rest)."""
     t = start
     while t + 8 <= stop:
         w = rows[(t - 15) * TILE:]
@@ -53,14 +54,16 @@ def products_16_1(rows, acc, start, stop):  # pragma: no cover - compiled
             acc[12 * TILE + q] += x0 * y13 + x1 * y12 + x2 * y11 + x3 * y10 + x4 * y9 + x5 * y8 + x6 * y7 + x7 * y6
             acc[13 * TILE + q] += x0 * y14 + x1 * y13 + x2 * y12 + x3 * y11 + x4 * y10 + x5 * y9 + x6 * y8 + x7 * y7
             acc[14 * TILE + q] += x0 * y15 + x1 * y14 + x2 * y13 + x3 * y12 + x4 * y11 + x5 * y10 + x6 * y9 + x7 * y8
+            acc[15 * TILE + q] += ((x0 + x1) + (x2 + x3)) + ((x4 + x5) + (x6 + x7))
         t += 8
     return t
 
 
 @njit(nogil=True, boundscheck=False, fastmath={'contract'}, error_model='numpy')
 def products_16_8(rows, acc, start, stop):  # pragma: no cover - compiled
-    """acc[(d-1)·TILE + q] += Σ rows[t·TILE + q] rows[(t-d)·TILE + q] for d = 8..15, over whole blocks
-    of 8 frames from ``start`` (>= 15); returns where the blocks stopped (the caller does the rest)."""
+    """acc[(d-1)·TILE + q] += Σ rows[t·TILE + q] rows[(t-d)·TILE + q] for d = 8..15, and the frames' sum
+    Σ rows[t·TILE + q] into acc[15·TILE + q], over whole blocks of 8 frames from ``start`` (>= 15);
+    returns where the blocks stopped (the caller does the rest)."""
     t = start
     while t + 8 <= stop:
         w = rows[(t - 15) * TILE:]
@@ -96,14 +99,16 @@ def products_16_8(rows, acc, start, stop):  # pragma: no cover - compiled
             acc[12 * TILE + q] += x0 * y13 + x1 * y12 + x2 * y11 + x3 * y10 + x4 * y9 + x5 * y8 + x6 * y7 + x7 * y6
             acc[13 * TILE + q] += x0 * y14 + x1 * y13 + x2 * y12 + x3 * y11 + x4 * y10 + x5 * y9 + x6 * y8 + x7 * y7
             acc[14 * TILE + q] += x0 * y15 + x1 * y14 + x2 * y13 + x3 * y12 + x4 * y11 + x5 * y10 + x6 * y9 + x7 * y8
+            acc[15 * TILE + q] += ((x0 + x1) + (x2 + x3)) + ((x4 + x5) + (x6 + x7))
         t += 8
     return t
 
 
 @njit(nogil=True, boundscheck=False, fastmath={'contract'}, error_model='numpy')
 def products_8_1(rows, acc, start, stop):  # pragma: no cover - compiled
-    """acc[(d-1)·TILE + q] += Σ rows[t·TILE + q] rows[(t-d)·TILE + q] for d = 1..7, over whole blocks
-    of 8 frames from ``start`` (>= 7); returns where the blocks stopped (the caller does the rest)."""
+    """acc[(d-1)·TILE + q] += Σ rows[t·TILE + q] rows[(t-d)·TILE + q] for d = 1..7, and the frames' sum
+    Σ rows[t·TILE + q] into acc[7·TILE + q], over whole blocks of 8 frames from ``start`` (>= 7);
+    returns where the blocks stopped (the caller does the rest)."""
     t = start
     while t + 8 <= stop:
         w = rows[(t - 7) * TILE:]
@@ -130,14 +135,16 @@ def products_8_1(rows, acc, start, stop):  # pragma: no cover - compiled
             acc[4 * TILE + q] += x0 * y5 + x1 * y4 + x2 * y3 + x3 * y2 + x4 * y1 + x5 * x0 + x6 * x1 + x7 * x2
             acc[5 * TILE + q] += x0 * y6 + x1 * y5 + x2 * y4 + x3 * y3 + x4 * y2 + x5 * y1 + x6 * x0 + x7 * x1
             acc[6 * TILE + q] += x0 * y7 + x1 * y6 + x2 * y5 + x3 * y4 + x4 * y3 + x5 * y2 + x6 * y1 + x7 * x0
+            acc[7 * TILE + q] += ((x0 + x1) + (x2 + x3)) + ((x4 + x5) + (x6 + x7))
         t += 8
     return t
 
 
 @njit(nogil=True, boundscheck=False, fastmath={'contract'}, error_model='numpy')
 def products_8_4(rows, acc, start, stop):  # pragma: no cover - compiled
-    """acc[(d-1)·TILE + q] += Σ rows[t·TILE + q] rows[(t-d)·TILE + q] for d = 4..7, over whole blocks
-    of 8 frames from ``start`` (>= 7); returns where the blocks stopped (the caller does the rest)."""
+    """acc[(d-1)·TILE + q] += Σ rows[t·TILE + q] rows[(t-d)·TILE + q] for d = 4..7, and the frames' sum
+    Σ rows[t·TILE + q] into acc[7·TILE + q], over whole blocks of 8 frames from ``start`` (>= 7);
+    returns where the blocks stopped (the caller does the rest)."""
     t = start
     while t + 8 <= stop:
         w = rows[(t - 7) * TILE:]
@@ -161,5 +168,6 @@ def products_8_4(rows, acc, start, stop):  # pragma: no cover - compiled
             acc[4 * TILE + q] += x0 * y5 + x1 * y4 + x2 * y3 + x3 * y2 + x4 * y1 + x5 * x0 + x6 * x1 + x7 * x2
             acc[5 * TILE + q] += x0 * y6 + x1 * y5 + x2 * y4 + x3 * y3 + x4 * y2 + x5 * y1 + x6 * x0 + x7 * x1
             acc[6 * TILE + q] += x0 * y7 + x1 * y6 + x2 * y5 + x3 * y4 + x4 * y3 + x5 * y2 + x6 * y1 + x7 * x0
+            acc[7 * TILE + q] += ((x0 + x1) + (x2 + x3)) + ((x4 + x5) + (x6 + x7))
         t += 8
     return t

@@ -139,15 +139,18 @@ def _cell_sums(*args):
 
 
 def estimate(normalization: str, state: tuple, row_of: np.ndarray, rows: int, roi_of_pixel: np.ndarray,
-             num_rois: int, smoothing_group: np.ndarray | None) -> tuple[np.ndarray, np.ndarray, int]:
+             num_rois: int, smoothing_group: np.ndarray | None,
+             part: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, int]:
     """g2 (rows, rois), its leave-one-group-out values (groups, rows, rois; NaN for an empty group), and the bytes
     of the cell sums formed on the way.
 
     ``state``: the correlator's (g2, first, hist, total, frames per level); ``row_of[level, d-1]``: the output
-    row of that level's delay d, or -1 for a delay not reported."""
+    row of that level's delay d, or -1 for a delay not reported; ``part``: ``jackknife_groups`` of the pixels, if
+    the caller keeps it."""
     k = JACKKNIFE_GROUPS
     roi = np.asarray(roi_of_pixel, dtype=np.intp)
-    part = jackknife_groups(roi, num_rois)
+    if part is None:
+        part = jackknife_groups(roi, num_rois)
     cell = roi * k + part
     counts = np.bincount(cell, minlength=num_rois * k).reshape(num_rois, k).astype(np.float64)
     with np.errstate(invalid="ignore", divide="ignore"):

@@ -6,8 +6,8 @@ Why written out: the products Σ_t I(t) I(t-d) of one tile are bound by loads, n
 multiplications. A loop over delays makes the compiler reload every frame row for
 every delay (it cannot tell the sums from the rows apart in memory). Written out,
 each block of FRAMES frames loads its rows once into registers, forms every
-delay's products from them, and then adds each delay's sum into its row of
-``acc`` once; the compiler vectorises the whole body over the tile's pixels. The
+delay's products (and the frames' sum, Σ I) from them, and then adds each
+into its row of ``acc`` once; the compiler vectorises the whole body over the tile's pixels. The
 rows and sums are flat arrays indexed with the tile width as a constant, so the
 compiler sees every row at a fixed distance from the first.
 
@@ -34,13 +34,21 @@ def _var(k: int) -> str:
     return f"x{k}" if k >= 0 else f"y{-k}"
 
 
+def _tree(terms: list[str]) -> str:
+    """Their sum as a balanced tree of additions (independent additions, no chain through one running sum)."""
+    while len(terms) > 1:
+        terms = [f"({a} + {b})" if b else a for a, b in zip(terms[::2], terms[1::2] + [""])]
+    return terms[0][1:-1] if terms[0].startswith("(") else terms[0]
+
+
 def kernel_source(n: int, first: int) -> list[str]:
     back = n - 1  # rows before a block's first frame that its products reach
     lines = [
         "@njit(nogil=True, boundscheck=False, fastmath={'contract'}, error_model='numpy')",
         f"def {kernel_name(n, first)}(rows, acc, start, stop):  # pragma: no cover - compiled",
-        f'    """acc[(d-1)·TILE + q] += Σ rows[t·TILE + q] rows[(t-d)·TILE + q] for d = {first}..{n - 1}, over whole blocks',
-        f'    of {FRAMES} frames from ``start`` (>= {back}); returns where the blocks stopped (the caller does the rest)."""',
+        f'    """acc[(d-1)·TILE + q] += Σ rows[t·TILE + q] rows[(t-d)·TILE + q] for d = {first}..{n - 1}, and the frames\' sum',
+        f'    Σ rows[t·TILE + q] into acc[{n - 1}·TILE + q], over whole blocks of {FRAMES} frames from ``start`` (>= {back});',
+        '    returns where the blocks stopped (the caller does the rest)."""',
         "    t = start",
         f"    while t + {FRAMES} <= stop:",
         # a view from the block's earliest row: every index below is q plus a constant, provably >= 0, so the
@@ -54,6 +62,7 @@ def kernel_source(n: int, first: int) -> list[str]:
     for d in range(first, n):
         terms = " + ".join(f"{_var(k)} * {_var(k - d)}" for k in range(FRAMES))
         lines.append(f"            acc[{d - 1} * TILE + q] += {terms}" if d > 1 else f"            acc[q] += {terms}")
+    lines.append(f"            acc[{n - 1} * TILE + q] += {_tree([_var(k) for k in range(FRAMES)])}")
     lines += [f"        t += {FRAMES}", "    return t"]
     return lines
 
