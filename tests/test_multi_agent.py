@@ -63,22 +63,30 @@ def test_two_agents_one_postgres_store(tmp_path, postgres_server):
     postgres_server.drop_database("two_agents")
 
 
+def _runtime_on_postgres(tmp_path, postgres_server, database: str, workers: int):
+    """Settings whose store is a new database on the session's PostgreSQL server, and a runtime on a started
+    LocalCluster of ``workers`` workers."""
+    from rtlib.compute.local import LocalDaskBackend
+    from rtlib.runtime import open_runtime
+
+    from helpers import make_settings
+
+    settings = make_settings(tmp_path / "ws", postgres_server.create_database(database))
+    rt = open_runtime(settings)
+    rt.compute = LocalDaskBackend(workers=workers)
+    rt.compute.start()
+    return settings, rt
+
+
 def test_agent_survives_postgres_restart(tmp_path, postgres_server, caplog):
     """The store restarts under load: the agent backs off, re-adopts its jobs, and finishes each exactly once."""
     import threading
     import time
 
-    from rtlib.compute.local import LocalDaskBackend
-    from rtlib.runtime import open_runtime
-
-    from helpers import make_settings, produce
+    from helpers import produce
 
     caplog.set_level("WARNING", logger="rtlib.agent")
-    url = postgres_server.create_database("restart_under_load")
-    settings = make_settings(tmp_path / "ws", url)
-    rt = open_runtime(settings)
-    rt.compute = LocalDaskBackend(workers=2)
-    rt.compute.start()
+    settings, rt = _runtime_on_postgres(tmp_path, postgres_server, "restart_under_load", workers=2)
     try:
         ids = [jobs.submit(rt.store, settings, "noop", source_endpoint=ep, inputs=[rel], params={"sleep_s": 0.3})
                for ep, rel in produce(settings, 12)]
@@ -111,17 +119,10 @@ def test_an_analysis_running_through_a_store_restart_is_picked_up_again(tmp_path
     import threading
     import time
 
-    from rtlib.compute.local import LocalDaskBackend
-    from rtlib.runtime import open_runtime
-
-    from helpers import make_settings, produce
+    from helpers import produce
 
     caplog.set_level("INFO", logger="rtlib.agent")
-    url = postgres_server.create_database("restart_mid_run")
-    settings = make_settings(tmp_path / "ws", url)
-    rt = open_runtime(settings)
-    rt.compute = LocalDaskBackend(workers=1)
-    rt.compute.start()
+    settings, rt = _runtime_on_postgres(tmp_path, postgres_server, "restart_mid_run", workers=1)
     try:
         (ep, rel), = produce(settings, 1)
         jid = jobs.submit(rt.store, settings, "noop", source_endpoint=ep, inputs=[rel], params={"sleep_s": 6})

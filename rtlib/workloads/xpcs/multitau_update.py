@@ -225,8 +225,9 @@ if HAVE_NUMBA:
                         _correlate_wide(rows, acc64, keep, span, first_delay, n)
                         _add_rows(rows, acc64[n - 1], keep, span)
                         _flush(acc64, g2[level], total[level], first_delay, n, lo)
-                else:
-                    _products(rows, acc64, keep, span, first_delay, n)
+                else:  # large or non-integer counts (rare): the general loop, which compiles in half the time
+                    _correlate(rows, acc64, keep, span, first_delay, n)
+                    _add_rows(rows, acc64[n - 1], keep, span)
                     _flush(acc64, g2[level], total[level], first_delay, n, lo)
             # (largest == 0: every count so far is 0, no products and nothing to add to Σ I)
             seen = before[level]
