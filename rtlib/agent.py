@@ -231,7 +231,7 @@ class Agent:
                 self._adopt(job)
                 busy = True
         if self.detached:
-            self._drop_detached(now)
+            self._drop_detached()
         busy |= self._collect_transfers()
         busy |= self._dispatch_transfers()
         tend = getattr(self.compute, "tend", None)
@@ -244,7 +244,7 @@ class Agent:
             busy |= self._release_held()
         return busy
 
-    def _drop_detached(self, now: float) -> None:
+    def _drop_detached(self) -> None:
         """Cancel the detached analyses of jobs not re-adopted within a lease (another agent has them now)."""
         stale_before = time.monotonic() - self.opts.lease_s
         for job_id, (run, since) in list(self.detached.items()):
@@ -390,10 +390,7 @@ class Agent:
             self._preempted(job, reason)
             return
         self.unstarted_losses[job.id] = lost + 1
-        job = self._move(job, S.PREEMPTED, f"{reason}; it had not started, so it is not counted",
-                         attempts=max(0, run.attempt - 1))
-        if job:
-            self._requeue_preempted(job)
+        self._preempted(job, f"{reason}; it had not started, so it is not counted", attempts=run.attempt - 1)
 
     def _requeue_preempted(self, job: Job) -> None:
         if job.attempts >= job.max_attempts:
@@ -403,8 +400,8 @@ class Agent:
             if job:
                 self._queue_for_run(job)
 
-    def _preempted(self, job: Job, reason: str) -> None:
-        job = self._move(job, S.PREEMPTED, reason)
+    def _preempted(self, job: Job, reason: str, **fields: Any) -> None:
+        job = self._move(job, S.PREEMPTED, reason, **fields)
         if job:
             self._requeue_preempted(job)
 
