@@ -171,3 +171,20 @@ def products_8_4(rows, acc, start, stop):  # pragma: no cover - compiled
             acc[7 * TILE + q] += ((x0 + x1) + (x2 + x3)) + ((x4 + x5) + (x6 + x7))
         t += 8
     return t
+
+
+@njit(nogil=True, boundscheck=False, error_model='numpy')
+def whole_blocks(rows, acc, start, stop, first, n):  # pragma: no cover - compiled
+    """The written-out kernel of (n, first) over whole blocks of frames from ``start``, if there is one;
+    returns where it stopped (``start`` when there is none)."""
+    flat_rows = rows.reshape(rows.size)
+    flat_acc = acc.reshape(acc.size)
+    if n == 16 and first == 1:
+        return products_16_1(flat_rows, flat_acc, start, stop)
+    elif n == 16 and first == 8:
+        return products_16_8(flat_rows, flat_acc, start, stop)
+    elif n == 8 and first == 1:
+        return products_8_1(flat_rows, flat_acc, start, stop)
+    elif n == 8 and first == 4:
+        return products_8_4(flat_rows, flat_acc, start, stop)
+    return start

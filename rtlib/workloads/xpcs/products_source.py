@@ -81,7 +81,24 @@ def module_source() -> str:
     ]
     for n, first in KERNELS:
         out += ["", ""] + kernel_source(n, first)
+    out += ["", ""] + dispatch_source()
     return "\n".join(out) + "\n"
+
+
+def dispatch_source() -> list[str]:
+    """``whole_blocks``: calls the kernel of (n, first) (the only place that lists them besides KERNELS)."""
+    lines = [
+        "@njit(nogil=True, boundscheck=False, error_model='numpy')",
+        "def whole_blocks(rows, acc, start, stop, first, n):  # pragma: no cover - compiled",
+        '    """The written-out kernel of (n, first) over whole blocks of frames from ``start``, if there is one;',
+        '    returns where it stopped (``start`` when there is none)."""',
+        "    flat_rows = rows.reshape(rows.size)",
+        "    flat_acc = acc.reshape(acc.size)",
+    ]
+    for i, (n, first) in enumerate(KERNELS):
+        lines += [f"    {'if' if i == 0 else 'elif'} n == {n} and first == {first}:",
+                  f"        return {kernel_name(n, first)}(flat_rows, flat_acc, start, stop)"]
+    return lines + ["    return start"]
 
 
 MODULE = Path(__file__).with_name("multitau_products.py")
