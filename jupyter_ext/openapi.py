@@ -4,13 +4,16 @@ Its schemas are JSON Schema 2020-12 (as OpenAPI 3.1 has them). tests/test_jupyte
 checks that every route the extension registers, with its methods, is described here
 and nothing else, and validates real answers of every route against these schemas,
 with no property beyond those described. The Queue schema is made from the config
-model itself; job states from `rtlib.states.State`.
+model itself; job states from `rtlib.states.State`; the request bodies and the query
+parameters from the models that validate them (rtlib.api_models), so what is described
+is what is accepted.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+from rtlib.api_models import LOCATION_SCHEMA, STORE_INT_MAX, EventsQuery, JobsQuery, SubmitRequest, TransferRequest
 from rtlib.config import Queue
 from rtlib.states import State
 
@@ -42,15 +45,36 @@ def _model_schema(model) -> dict[str, Any]:
     return _record(properties)
 
 
+def _tidy(node: Any, properties: bool = False) -> Any:
+    """A pydantic JSON Schema as this document has it: no generated titles, every location a $ref to Location."""
+    if node == LOCATION_SCHEMA:
+        return _ref("Location")
+    if isinstance(node, dict):
+        return {k: _tidy(v, k == "properties") for k, v in node.items() if properties or k != "title"}
+    if isinstance(node, list):
+        return [_tidy(v) for v in node]
+    return node
+
+
+def _request_schema(model) -> dict[str, Any]:
+    """A request body's schema, from the model that validates it."""
+    return _tidy(model.model_json_schema())
+
+
+def _parameters(model, headers: tuple[str, ...] = ()) -> list[dict[str, Any]]:
+    """Query parameters (and `headers`) from the model that validates them; absent rather than null."""
+    out = []
+    for name, prop in _tidy(model.model_json_schema())["properties"].items():
+        schema = next((s for s in prop.get("anyOf", []) if s != {"type": "null"}), prop)
+        schema = {**schema, **({"default": prop["default"]} if prop.get("default") is not None else {})}
+        schema.pop("description", None)
+        out.append({"name": name, "in": "header" if name in headers else "query", "schema": schema,
+                    **({"description": prop["description"]} if "description" in prop else {})})
+    return out
+
+
 _ERROR = _json(_ref("Error"), "refused; `error` says why and what to do, `field` names the request field at fault")
-_ID = {"in": "path", "required": True, "schema": {"type": "integer", "minimum": 1}}
-_LOCATION = {
-    "oneOf": [
-        {"type": "object", "required": ["endpoint", "path"], "additionalProperties": False,
-         "properties": {"endpoint": {"type": "string"}, "path": {"type": "string", "description": "relative to the endpoint root"}}},
-        {"type": "string", "description": "ENDPOINT:PATH", "examples": ["aps:raw/scan-001.h5"]},
-    ]
-}
+_ID = {"in": "path", "required": True, "schema": {"type": "integer", "minimum": 1, "maximum": STORE_INT_MAX}}
 _STATE = {"type": "string", "enum": [s.value for s in State]}
 _TIME = {"type": "number", "description": "Unix time, seconds"}
 
@@ -71,7 +95,7 @@ _TRANSFER_TOTALS = _record({"files": {"type": "integer"}, "done": {"type": "inte
 SCHEMAS: dict[str, Any] = {
     "Error": {"type": "object", "required": ["error"],
               "properties": {"error": {"type": "string"}, "field": {"type": "string", "description": "e.g. params.num_q_bins, input, limit"}}},
-    "Location": _LOCATION,
+    "Location": LOCATION_SCHEMA,
     "Queue": _model_schema(Queue),
     "Site": _record({
         "name": {"type": "string"}, "compute": {"type": "string", "enum": ["local", "pbs", "slurm"]},
@@ -100,16 +124,8 @@ SCHEMAS: dict[str, Any] = {
         "jobs": {"type": "array", "items": _ref("Job")}, "limit": {"type": "integer"}, "offset": {"type": "integer"},
         "total": {"type": "integer", "description": "jobs the filter matches, all pages"},
         "counts": {"type": "object", "additionalProperties": {"type": "integer"}, "description": "jobs per state, all jobs"}}),
-    "SubmitRequest": {"type": "object", "required": ["workload"], "additionalProperties": False, "properties": {
-        "workload": {"type": "string"}, "beamline": {"type": "string"}, "site": {"type": "string", "default": "local"},
-        "queue": {"type": "string"}, "account": {"type": "string", "description": "project or project::suballocation"},
-        "input": _ref("Location"), "inputs": {"type": "array", "items": _ref("Location")},
-        "source": {"description": "ENDPOINT:PATH or a list of them (as the CLI takes it)"},
-        "dest": _ref("Location"), "params": {"type": "object", "description": "validated against the workload's schema"},
-        "priority": {"type": "integer", "default": 0}},
-        "description": "exactly one of input, inputs, source; all inputs on one endpoint"},
-    "TransferRequest": {"type": "object", "required": ["source", "destination"], "additionalProperties": False,
-                        "properties": {"source": _ref("Location"), "destination": _ref("Location")}},
+    "SubmitRequest": _request_schema(SubmitRequest),
+    "TransferRequest": _request_schema(TransferRequest),
     "Transfer": _record({
         "id": {"type": "integer"}, "source": {"type": "string"}, "destination": {"type": "string"},
         "state": {"type": "string", "enum": ["ACTIVE", "SUCCEEDED", "FAILED"]},
@@ -133,14 +149,7 @@ PATHS: dict[str, dict[str, Any]] = {
                                                       "workloads")}}},
     "/jobs": {
         "get": {"summary": "jobs, oldest (or newest) first, filtered and paged", "operationId": "listJobs",
-                "parameters": [
-                    {"name": "state", "in": "query", "schema": {"type": "string"}, "description": "a job state (any case), e.g. HELD"},
-                    {"name": "workload", "in": "query", "schema": {"type": "string"}},
-                    {"name": "beamline", "in": "query", "schema": {"type": "string"}},
-                    {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 500, "default": 100}},
-                    {"name": "offset", "in": "query", "schema": {"type": "integer", "minimum": 0, "default": 0}},
-                    {"name": "order", "in": "query", "schema": {"type": "string", "enum": ["oldest", "newest"], "default": "oldest"},
-                     "description": "newest: newest first, offset counted from the newest job"}],
+                "parameters": _parameters(JobsQuery),
                 "responses": {"200": _json(_ref("JobPage"), "one page of jobs"), "400": _ERROR}},
         "post": {"summary": "submit a job (state CREATED; an agent of its site runs it)", "operationId": "submitJob",
                  "requestBody": {"required": True, "content": {"application/json": {"schema": _ref("SubmitRequest")}}},
@@ -171,10 +180,7 @@ PATHS: dict[str, dict[str, Any]] = {
                        "(or a Last-Event-ID header) only new events are sent. Comments (`: keep-alive`) are sent while idle; "
                        "the server ends the stream after a bounded time and EventSource reconnects with Last-Event-ID.",
         "operationId": "streamEvents",
-        "parameters": [{"name": "since", "in": "query", "schema": {"type": "integer", "minimum": 0},
-                        "description": "send events with an id greater than this one first"},
-                       {"name": "job_id", "in": "query", "schema": {"type": "integer"}, "description": "only this job's events"},
-                       {"name": "Last-Event-ID", "in": "header", "schema": {"type": "integer"}}],
+        "parameters": _parameters(EventsQuery, headers=("Last-Event-ID",)),
         "responses": {"200": {"description": "event stream", "content": {"text/event-stream": {"schema": {"type": "string"}}}},
                       "400": _ERROR}}},
 }

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import posixpath
+from collections.abc import Collection
 from dataclasses import asdict
 from pathlib import Path
 from typing import List, Optional
@@ -22,6 +23,7 @@ from . import config as cfg
 from .errors import RtlibError
 from .jobs import parse_location
 from .transfer.base import TransferBackend, TransferRequest
+from .transfer.destinations import check_destination, scratch_endpoints
 
 console = Console(soft_wrap=True)
 err_console = Console(stderr=True, soft_wrap=True)
@@ -30,11 +32,12 @@ _ConfigOpt = typer.Option(None, "--config", "-c", help="site config TOML (defaul
 _WorkspaceOpt = typer.Option(None, "--workspace", "-w", help="workspace directory (default: $RTLIB_WORKSPACE or ~/.local/share/rtlib)")
 
 
-def plan_copy(backend: TransferBackend, source: str, destination: str) -> list[TransferRequest]:
+def plan_copy(backend: TransferBackend, source: str, destination: str, *, scratch: Collection[str]) -> list[TransferRequest]:
     """One request per file under SOURCE (ENDPOINT:PATH), placed under DESTINATION like `cp -r`.
 
     A file goes to DESTINATION itself, or into it when DESTINATION ends with '/'. A directory's
-    files keep their paths relative to it, under DESTINATION.
+    files keep their paths relative to it, under DESTINATION. EndpointError if a file would land in
+    the job area of one of the `scratch` endpoints (rtlib.transfer.destinations).
     """
     src_ep, src_path = parse_location(source)
     dst_ep, dst_path = parse_location(destination)
@@ -51,6 +54,7 @@ def plan_copy(backend: TransferBackend, source: str, destination: str) -> list[T
             target = posixpath.join(dst_path, posixpath.basename(rel)) if dst_path.endswith("/") else dst_path
         else:
             target = posixpath.join(dst_path, _inside(rel, top))
+        check_destination(backend, scratch, dst_ep, target)
         requests.append(TransferRequest(i, src_ep, rel, dst_ep, target, size))
     return requests
 
@@ -101,7 +105,7 @@ def transfer(
         try:
             if beamline is not None:
                 run_as_beamline(settings, backend, beamline, parse_location(source)[0], parse_location(destination)[0])
-            requests = plan_copy(backend, source, destination)
+            requests = plan_copy(backend, source, destination, scratch=scratch_endpoints(settings))
             total = sum(r.size_bytes for r in requests)
             if as_json:
                 outcomes = backend.transfer_batch(requests)

@@ -3,15 +3,28 @@
     jobs/<id>/in/...                 staged inputs
     jobs/<id>/attempt-<n>-<token>/   one analysis attempt (written by the worker only)
     jobs/<id>/out/                   the attempt the agent promoted: what is staged out
+
+Only the agent writes under ``jobs/`` (the job area): a copy a person asks for
+may not land there (`in_job_area`), or a job would analyse other bytes than
+its record names.
 """
 
 from __future__ import annotations
 
+import posixpath
 from pathlib import PurePosixPath
+
+JOB_AREA = "jobs"
 
 
 def job_dir(job_id: int) -> str:
-    return f"jobs/{job_id:08d}"
+    return f"{JOB_AREA}/{job_id:08d}"
+
+
+def in_job_area(path: str) -> bool:
+    """Whether `path`, relative to a scratch endpoint's root however it is spelled (./jobs, jobs//x, /jobs/x), is the job area or below it."""
+    parts = PurePosixPath(posixpath.normpath("/" + path.replace("\\", "/"))).parts
+    return len(parts) > 1 and parts[1] == JOB_AREA
 
 
 def input_dir(job_id: int) -> str:

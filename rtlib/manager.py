@@ -16,18 +16,23 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
+
+from pydantic import BaseModel, ValidationError
 
 from . import jobs as jobops
+from .api_models import STORE_INT_MAX, SubmitRequest, TransferRequest, refusal
 from .config import Settings
 from .errors import EndpointError, IllegalTransition, InputDataError, JobNotFound, ParameterError, RtlibError, UnknownWorkload
 from .states import TERMINAL, State
 from .store import Event, Job, JobStore
 from .transfer.base import TransferBackend
+from .transfer.destinations import check_destination, scratch_endpoints
 from .transfer.local import LocalTransferBackend
 from .workloads import get_workload, workload_names
 
 MAX_PAGE = 500
+ModelT = TypeVar("ModelT", bound=BaseModel)
 
 
 @dataclass
@@ -38,6 +43,16 @@ class ApiError(Exception):
 
     def to_dict(self) -> dict[str, Any]:
         return {"error": self.message, **({"field": self.field} if self.field else {})}
+
+
+def parse(model: type[ModelT], body: Any, what: str) -> ModelT:
+    """`body` as `model`, or a 400 naming the first field at fault (rtlib.api_models.refusal)."""
+    if not isinstance(body, dict):
+        raise ApiError(400, f"{what}; got {type(body).__name__}")
+    try:
+        return model.model_validate(body)
+    except ValidationError as err:
+        raise ApiError(400, *refusal(err)) from None
 
 
 def event_to_dict(event: Event) -> dict[str, Any]:
@@ -104,6 +119,14 @@ class JobManager:
         except EndpointError as err:
             raise ApiError(400, str(err), field) from None
 
+    def check_destination(self, endpoint: str, path: str, field: str) -> None:
+        """check_path, and 400 naming `field` if ENDPOINT:PATH is in the job area of a site's scratch (only the agent writes there)."""
+        self.check_path(endpoint, path, field)
+        try:
+            check_destination(self._roots, scratch_endpoints(self.settings), endpoint, path)
+        except EndpointError as err:
+            raise ApiError(400, str(err), field) from None
+
     # -- reading -----------------------------------------------------------
     def sites(self) -> list[dict[str, Any]]:
         accounts = {name: acc.node_hours for name, acc in self.settings.accounts.items()}
@@ -133,8 +156,8 @@ class JobManager:
         with `total` (jobs the filter matches) and `counts` (all jobs per state)."""
         if not 1 <= limit <= MAX_PAGE:
             raise ApiError(400, f"limit must be between 1 and {MAX_PAGE}, got {limit}", "limit")
-        if offset < 0:
-            raise ApiError(400, f"offset must be >= 0, got {offset}", "offset")
+        if not 0 <= offset <= STORE_INT_MAX:
+            raise ApiError(400, f"offset must be between 0 and {STORE_INT_MAX}, got {offset}", "offset")
         states = None
         if state:
             try:
@@ -171,7 +194,7 @@ class JobManager:
 
     def get_job(self, job_id: int) -> dict[str, Any]:
         try:
-            job = self.store.get_job(job_id)
+            job = self.store.get_job(_stored_id(job_id))
         except JobNotFound as err:
             raise ApiError(404, str(err)) from None
         items = self.store.items(job_id)
@@ -188,8 +211,10 @@ class JobManager:
 
     def events(self, after_id: int = 0, limit: int = 500, job_id: int | None = None) -> list[dict[str, Any]]:
         """Events with id > after_id, oldest first: what a stream resumed at `after_id` sends next."""
-        if after_id < 0:
-            raise ApiError(400, f"since must be an event id >= 0, got {after_id}", "since")
+        if not 0 <= after_id <= STORE_INT_MAX:
+            raise ApiError(400, f"since must be an event id between 0 and {STORE_INT_MAX}, got {after_id}", "since")
+        if job_id is not None and not 1 <= job_id <= STORE_INT_MAX:
+            raise ApiError(400, f"job_id must be a job id between 1 and {STORE_INT_MAX}, got {job_id}", "job_id")
         return [event_to_dict(e) for e in self.store.events(job_id, after_id=after_id, limit=min(limit, MAX_PAGE))]
 
     def last_event_id(self) -> int:
@@ -215,39 +240,30 @@ class JobManager:
 
     # -- changing ----------------------------------------------------------
     def submit(self, body: dict[str, Any]) -> dict[str, Any]:
-        """Body: workload; the input as `input` {endpoint, path}, `inputs` [{endpoint, path}, ...] or
-        `source` (ENDPOINT:PATH or a list of them); optional dest, params, site, queue, account, beamline, priority."""
-        if not isinstance(body, dict):
-            raise ApiError(400, "the body must be a JSON object with at least workload and input")
-        allowed = {"workload", "source", "input", "inputs", "dest", "params", "site", "queue", "account", "beamline", "priority"}
-        unknown = sorted(set(body) - allowed)
-        if unknown:
-            raise ApiError(400, f"unknown field(s) {', '.join(unknown)}; allowed: {', '.join(sorted(allowed))}", unknown[0])
-        if not body.get("workload"):
-            raise ApiError(400, "workload is required", "workload")
-        given = [k for k in ("input", "inputs", "source") if body.get(k)]
+        """Body (rtlib.api_models.SubmitRequest): workload; the input as `input` {endpoint, path}, `inputs` [{endpoint, path}, ...]
+        or `source` (ENDPOINT:PATH or a list of them); optional dest, params, site, queue, account, beamline, priority."""
+        req = parse(SubmitRequest, body, "the body must be a JSON object with at least workload and input")
+        given = [k for k in ("input", "inputs", "source") if getattr(req, k) is not None]
         if not given:
             raise ApiError(400, "source is required: give input {endpoint, path}, inputs [...] or source ENDPOINT:PATH", "source")
         if len(given) > 1:
             raise ApiError(400, f"give only one of input, inputs and source (got {', '.join(given)})", given[1])
         key = given[0]
-        locs = _locations(body[key], key)
+        locs = [req.input] if key == "input" else list(getattr(req, key))
         if len({ep for ep, _ in locs}) != 1:
             raise ApiError(400, "all inputs of one job must be on one endpoint", key)
         for ep, path in locs:
             self.check_path(ep, path, key)
         kwargs: dict[str, Any] = {}
-        if body.get("dest"):
-            (kwargs["dest_endpoint"], kwargs["output_path"]), = _locations(body["dest"], "dest")
-            self.check_path(kwargs["dest_endpoint"], kwargs["output_path"].replace("{job_id}", "0").replace("{workload}", "w"), "dest")
-        params = body.get("params") or {}
-        if not isinstance(params, dict):
-            raise ApiError(400, "params must be an object of parameter names to values", "params")
+        if req.dest is not None:
+            kwargs["dest_endpoint"], kwargs["output_path"] = req.dest
+            self.check_destination(kwargs["dest_endpoint"], kwargs["output_path"].replace("{job_id}", "0").replace("{workload}", "w"), "dest")
+        params = dict(req.params or {})
         try:
             job_id = jobops.submit(
-                self.store, self.settings, str(body["workload"]), source_endpoint=locs[0][0], inputs=[p for _, p in locs],
-                params=params, site=body.get("site") or "local", queue=body.get("queue"), account=body.get("account"),
-                beamline=body.get("beamline"), priority=int(body.get("priority") or 0), **kwargs,
+                self.store, self.settings, req.workload, source_endpoint=locs[0][0], inputs=[p for _, p in locs],
+                params=params, site=req.site or "local", queue=req.queue, account=req.account,
+                beamline=req.beamline, priority=req.priority or 0, **kwargs,
             )
         except UnknownWorkload as err:
             raise ApiError(400, str(err), "workload") from None
@@ -267,7 +283,7 @@ class JobManager:
 
     def _change(self, job_id: int, op) -> dict[str, Any]:
         try:
-            op(self.store, job_id)
+            op(self.store, _stored_id(job_id))
         except JobNotFound as err:
             raise ApiError(404, str(err)) from None
         except IllegalTransition as err:
@@ -285,22 +301,20 @@ class JobManager:
         backend = self.transfer_backend  # takes the lock itself
         with self._lock:
             if self._adhoc is None:
-                self._adhoc = AdhocTransfers(backend)
+                self._adhoc = AdhocTransfers(backend, scratch=scratch_endpoints(self.settings))
             return self._adhoc
 
     def start_transfer(self, body: dict[str, Any]) -> dict[str, Any]:
-        """Body: source and destination, each {endpoint, path} or ENDPOINT:PATH. Refused (400) before anything is written."""
-        if not isinstance(body, dict):
-            raise ApiError(400, "the body must be a JSON object with source and destination")
-        unknown = sorted(set(body) - {"source", "destination"})
-        if unknown:
-            raise ApiError(400, f"unknown field(s) {', '.join(unknown)}; allowed: destination, source", unknown[0])
+        """Body (rtlib.api_models.TransferRequest): source and destination, each {endpoint, path} or ENDPOINT:PATH.
+        Refused (400) before anything is written; no destination may lie in a scratch's job area."""
+        req = parse(TransferRequest, body, "the body must be a JSON object with source and destination")
         where = {}
         for key in ("source", "destination"):
-            if not body.get(key):
-                raise ApiError(400, f"{key} is required: {{\"endpoint\": NAME, \"path\": PATH}}", key)
-            (ep, path), = _locations(body[key], key)
-            self.check_path(ep, path, key)
+            ep, path = getattr(req, key)
+            if key == "destination":
+                self.check_destination(ep, path, key)
+            else:
+                self.check_path(ep, path, key)
             where[key] = f"{ep}:{path}"
         try:
             return self.adhoc.start(where["source"], where["destination"])
@@ -326,27 +340,11 @@ class JobManager:
         return self.adhoc.wait(transfer_id, timeout_s)
 
 
-def _locations(value: Any, field: str) -> list[tuple[str, str]]:
-    """{endpoint, path}, "ENDPOINT:PATH", or a list of either -> [(endpoint, path)]; 400 naming `field` otherwise."""
-    items = value if isinstance(value, list) else [value]
-    if not items:
-        raise ApiError(400, f"{field} is empty; give at least one {{endpoint, path}}", field)
-    out = []
-    for item in items:
-        if isinstance(item, dict):
-            extra = sorted(set(item) - {"endpoint", "path"})
-            if extra or not isinstance(item.get("endpoint"), str) or not isinstance(item.get("path"), str) \
-                    or not item["endpoint"] or not item["path"]:
-                raise ApiError(400, f"{field} must be {{\"endpoint\": NAME, \"path\": PATH}} with two non-empty strings, got {item!r}", field)
-            out.append((item["endpoint"], item["path"]))
-        elif isinstance(item, str):
-            try:
-                out.append(jobops.parse_location(item))
-            except EndpointError as err:
-                raise ApiError(400, str(err), field) from None
-        else:
-            raise ApiError(400, f"{field} must be {{endpoint, path}} or ENDPOINT:PATH, got {type(item).__name__}", field)
-    return out
+def _stored_id(job_id: int) -> int:
+    """A job id the store can hold, else JobNotFound (no job has it): a bigger one would overflow the store's INTEGER."""
+    if not 1 <= job_id <= STORE_INT_MAX:
+        raise JobNotFound(f"no job with id {job_id}; ids run from 1 to {STORE_INT_MAX}")
+    return job_id
 
 
 def _config_field(message: str) -> str | None:

@@ -339,7 +339,7 @@ async def test_event_stream_refuses_a_bad_since(jp_fetch):
 # -- the OpenAPI document -----------------------------------------------------------------------
 def _registered_routes(jp_serverapp, jp_base_url) -> dict[str, set[str]]:
     """Every route under /rtlib/api/ the running server has, as OpenAPI path -> methods its handler implements."""
-    from jupyter_ext.handlers import RtlibHandler
+    from jupyter_ext.handlers import NotFoundHandler, RtlibHandler
 
     prefix = re.escape(jp_base_url.rstrip("/")) + "/rtlib/api"
     found: dict[str, set[str]] = {}
@@ -350,6 +350,8 @@ def _registered_routes(jp_serverapp, jp_base_url) -> dict[str, set[str]]:
                 continue
             handler = sub.target
             assert issubclass(handler, RtlibHandler), handler
+            if handler is NotFoundHandler:  # the JSON 404 for every other URL under the prefix: not an operation
+                continue
             path = pattern.pattern.split("rtlib/api", 1)[1].rstrip("$")
             path = re.sub(r"\(\?P<(\w+)>[^)]*\)", r"{\1}", path).replace("\\", "")
             found[path] = {m for m in ("get", "post", "put", "patch", "delete") if getattr(handler, m) is not getattr(RtlibHandler, m)}

@@ -16,6 +16,7 @@ import itertools
 import logging
 import threading
 import time
+from collections.abc import Collection
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -52,10 +53,14 @@ class AdhocTransfer:
 
 
 class AdhocTransfers:
-    """Starts and tracks ad-hoc transfers; at most `parallel` run at once, the rest wait their turn."""
+    """Starts and tracks ad-hoc transfers; at most `parallel` run at once, the rest wait their turn.
 
-    def __init__(self, backend: TransferBackend, *, parallel: int = 2, keep: int = 200):
+    `scratch`: the sites' scratch endpoints, whose job area no transfer may write into.
+    """
+
+    def __init__(self, backend: TransferBackend, *, scratch: Collection[str], parallel: int = 2, keep: int = 200):
         self.backend = backend
+        self.scratch = frozenset(scratch)
         self.keep = keep
         self._ids = itertools.count(1)
         self._transfers: dict[int, AdhocTransfer] = {}
@@ -66,11 +71,12 @@ class AdhocTransfers:
     def start(self, source: str, destination: str) -> dict[str, Any]:
         """Plan SOURCE -> DESTINATION (both ENDPOINT:PATH) and start copying; returns the transfer as data.
 
-        Raises EndpointError / PathOutsideRoot / InputDataError before anything is written.
+        Raises EndpointError (a destination in a scratch's job area, too) / PathOutsideRoot / InputDataError
+        before anything is written.
         """
         from ..cli_transfer import plan_copy  # the planning rule `rtlib transfer` uses, like `cp -r`
 
-        requests = plan_copy(self.backend, source, destination)
+        requests = plan_copy(self.backend, source, destination, scratch=self.scratch)
         for req in requests:  # every destination inside its root, before the first byte moves
             try:
                 self.backend.local_path(req.dst_endpoint, req.dst_path)
