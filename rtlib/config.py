@@ -13,14 +13,27 @@ import os
 import re
 import tomllib
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
 
+from . import safetext as st
 from .errors import ConfigError
 
-ACCOUNT_RE = re.compile(r"^[A-Za-z0-9_.-]+(::[A-Za-z0-9_.-]+)?$")
+# anchored for pydantic's `pattern=` (Rust regex: `$` is the very end); Python code matches with fullmatch
+ACCOUNT_RE = re.compile(rf"^{st.ACCOUNT.regex}$")
 DEFAULT_BEAMLINE_ENDPOINTS = ("aps", "als", "nsls2")
+MAX_WALLTIME_MIN = 366 * 24 * 60  # a queue limit beyond a year is a typo (and would overflow the walltime text)
+
+# every name and string of the config that can reach a worker job script, checked as it is loaded
+Name = Annotated[str, AfterValidator(st.validator(st.NAME))]
+AccountName = Annotated[str, AfterValidator(st.validator(st.ACCOUNT))]
+SchedulerName = Annotated[str, AfterValidator(st.validator(st.SCHEDULER_NAME))]
+Directive = Annotated[str, AfterValidator(st.validator(st.DIRECTIVE))]
+ShellLine = Annotated[str, AfterValidator(st.validator(st.SHELL_LINE))]
+Word = Annotated[str, AfterValidator(st.validator(st.WORD))]
+WordPath = Annotated[Path, AfterValidator(st.validator(st.WORD))]
+Host = Annotated[str, AfterValidator(st.validator(st.HOST))]
 
 
 class _Strict(BaseModel):
@@ -66,21 +79,21 @@ class Beamline(_Strict):
         description="endpoints its jobs and its service account may use; default its own `endpoint` plus every site's "
         "scratch_endpoint (its own endpoint is always allowed)",
     )
-    account: str | None = Field(None, description="project or project::suballocation charged for its jobs")
+    account: AccountName | None = Field(None, description="project or project::suballocation charged for its jobs")
     service_account: ServiceAccount | None = None
 
 
 class Queue(_Strict):
-    name: str
+    name: Name
     max_nodes: int = Field(1, ge=1, description="most nodes rtlib holds in this queue at once, over all accounts (batch jobs x nodes_per_job)")
     nodes_per_job: int = Field(1, ge=1, description="nodes in each worker batch job; one dask worker runs on each node")
-    max_walltime_min: float = Field(60, gt=0)
+    max_walltime_min: float = Field(60, gt=0, le=MAX_WALLTIME_MIN, allow_inf_nan=False)
     preemptable: bool = False
-    scheduler_queue: str | None = Field(None, description="the queue/partition name the scheduler knows; default `name`")
-    job_walltime_min: float | None = Field(None, gt=0, description="walltime of each worker batch job; default max_walltime_min")
-    queued_limit_s: float = Field(600, gt=0, description="a worker batch job still queued after this is cancelled and submitted again")
+    scheduler_queue: SchedulerName | None = Field(None, description="the queue/partition name the scheduler knows; default `name`")
+    job_walltime_min: float | None = Field(None, gt=0, le=MAX_WALLTIME_MIN, allow_inf_nan=False, description="walltime of each worker batch job; default max_walltime_min")
+    queued_limit_s: float = Field(600, gt=0, allow_inf_nan=False, description="a worker batch job still queued after this is cancelled and submitted again")
     max_stuck_resubmits: int = Field(3, ge=0, description="stuck batch jobs cancelled and resubmitted in a row before the waiting jobs fail")
-    extra_directives: list[str] = Field(default_factory=list, description="more #PBS/#SBATCH lines (without the prefix)")
+    extra_directives: list[Directive] = Field(default_factory=list, description="more #PBS/#SBATCH lines (without the prefix)")
 
     @model_validator(mode="after")
     def _job_walltime_fits(self) -> "Queue":
@@ -95,7 +108,7 @@ class Resources(_Strict):
     """What one analysis task of a workload asks for: checked against the queues and the budget."""
 
     nodes: int = Field(1, ge=1)
-    walltime_min: float = Field(30, gt=0)
+    walltime_min: float = Field(30, gt=0, le=MAX_WALLTIME_MIN, allow_inf_nan=False)
 
 
 class QueuePolicy(_Strict):
@@ -111,22 +124,22 @@ class JobqueueOptions(_Strict):
 
     system: Literal["generic", "polaris", "aurora"] = Field("generic", description="adds the PBS resource lines these ALCF systems need")
     cores_per_node: int = Field(1, ge=1, description="dask worker threads per node")
-    memory_per_node_gb: float = Field(1.0, gt=0)
-    prologue: list[str] = Field(default_factory=list, description="shell lines run before the worker (module load, export ...)")
-    filesystems: str | None = Field(None, description="PBS `-l filesystems=` value, e.g. home:eagle (required on Polaris/Aurora)")
-    python: str | None = Field(None, description="python on the compute nodes; default the agent's interpreter")
-    scheduler_host: str | None = Field(None, description="address the workers connect back to; default dask's choice")
-    interface: str | None = Field(None, description="network interface for workers and scheduler (e.g. hsn0)")
-    commands_dir: Path | None = Field(None, description="directory holding sbatch/qsub etc.; default PATH")
-    log_directory: Path | None = None
-    idle_timeout_s: float = Field(10, gt=0, description="an idle worker leaves (and stops being charged) after this")
-    lost_worker_timeout_s: float = Field(2, gt=0, description="a vanished worker's batch job is replaced after this")
+    memory_per_node_gb: float = Field(1.0, gt=0, allow_inf_nan=False)
+    prologue: list[ShellLine] = Field(default_factory=list, description="shell lines run before the worker (module load, export ...)")
+    filesystems: Word | None = Field(None, description="PBS `-l filesystems=` value, e.g. home:eagle (required on Polaris/Aurora)")
+    python: Word | None = Field(None, description="python on the compute nodes; default the agent's interpreter")
+    scheduler_host: Host | None = Field(None, description="address the workers connect back to; default dask's choice")
+    interface: Host | None = Field(None, description="network interface for workers and scheduler (e.g. hsn0)")
+    commands_dir: WordPath | None = Field(None, description="directory holding sbatch/qsub etc.; default PATH")
+    log_directory: WordPath | None = None
+    idle_timeout_s: float = Field(10, gt=0, allow_inf_nan=False, description="an idle worker leaves (and stops being charged) after this")
+    lost_worker_timeout_s: float = Field(2, gt=0, allow_inf_nan=False, description="a vanished worker's batch job is replaced after this")
     submit_retries: int = Field(1, ge=0, description="failed submissions retried before the waiting jobs fail")
-    death_timeout_s: float = Field(60, gt=0, description="a worker that cannot reach the agent's scheduler exits after this")
-    node_launcher: str | None = Field(None, description="starts the worker once per node of a multi-node batch job, `{nodes}` filled in; "
+    death_timeout_s: float = Field(60, gt=0, allow_inf_nan=False, description="a worker that cannot reach the agent's scheduler exits after this")
+    node_launcher: ShellLine | None = Field(None, description="starts the worker once per node of a multi-node batch job, `{nodes}` filled in; "
                                       "default `srun --nodes={nodes} --ntasks={nodes} --ntasks-per-node=1` (Slurm), "
                                       "`mpiexec -n {nodes} --ppn 1` (PBS)")
-    walltime_margin_s: float = Field(60, ge=0, description="a worker leaves (dask --lifetime) this long before its batch job's walltime ends")
+    walltime_margin_s: float = Field(60, ge=0, allow_inf_nan=False, description="a worker leaves (dask --lifetime) this long before its batch job's walltime ends")
 
 
 class Site(_Strict):
@@ -142,12 +155,12 @@ class Site(_Strict):
         for q in self.queues:
             if q.name == name:
                 return q
-        raise ConfigError(f"this site has no queue {name!r}; its queues: {', '.join(q.name for q in self.queues)}")
+        raise ConfigError(f"this site has no queue {st.shown(name)}; its queues: {', '.join(q.name for q in self.queues)}")
 
 
 class Account(_Strict):
     node_hours: float = Field(ge=0)
-    scheduler_account: str | None = Field(None, description="what goes to the scheduler's -A; default the project part of the name")
+    scheduler_account: SchedulerName | None = Field(None, description="what goes to the scheduler's -A; default the project part of the name")
 
 
 class AgentSettings(_Strict):
@@ -177,18 +190,23 @@ class Settings(_Strict):
     store_url: str | None = None
     facilities: dict[str, Facility] = Field(default_factory=dict)
     endpoints: dict[str, Endpoint]
-    beamlines: dict[str, Beamline] = Field(default_factory=dict)
-    sites: dict[str, Site]
-    accounts: dict[str, Account] = Field(default_factory=dict)
+    beamlines: dict[Name, Beamline] = Field(default_factory=dict)
+    sites: dict[Name, Site]
+    accounts: dict[AccountName, Account] = Field(default_factory=dict)
     agent: AgentSettings = Field(default_factory=AgentSettings)
     globus: GlobusSettings = Field(default_factory=GlobusSettings)
 
-    @field_validator("accounts")
+    @field_validator("store_url")
     @classmethod
-    def _account_names(cls, value: dict[str, Account]) -> dict[str, Account]:
-        for name in value:
-            if not ACCOUNT_RE.match(name):
-                raise ValueError(f"account {name!r} must be 'project' or 'project::suballocation'")
+    def _store_url(cls, value: str | None) -> str | None:
+        from . import store_url  # sqlalchemy: only when a URL is given
+
+        if value is not None:
+            try:
+                store_url.check(value)
+            except ConfigError as err:  # pydantic reports ValueErrors, with the key (never the URL: `check` does not echo it)
+                why = str(err).removeprefix("store_url: ").removeprefix("store_url ")
+                raise ValueError(f"{why} (the config's store_url or $RTLIB_STORE_URL)") from None
         return value
 
     @model_validator(mode="after")
@@ -208,10 +226,8 @@ class Settings(_Strict):
             check(f"beamlines.{name}.endpoint", bl.endpoint, self.endpoints, "endpoint")
             for i, ep_name in enumerate(bl.allowed_endpoints or []):
                 check(f"beamlines.{name}.allowed_endpoints[{i}]", ep_name, self.endpoints, "endpoint")
-            if bl.account is not None and not ACCOUNT_RE.match(bl.account):
-                problems.append(f"beamlines.{name}.account: {bl.account!r} must be 'project' or 'project::suballocation'")
-            else:  # an unlisted account would refuse every job of the beamline at submit time (jobs.submit)
-                check(f"beamlines.{name}.account", bl.account, self.accounts, "account", optional_table=True)
+            # an unlisted account would refuse every job of the beamline at submit time (jobs.submit)
+            check(f"beamlines.{name}.account", bl.account, self.accounts, "account", optional_table=True)
         for name, site in self.sites.items():
             check(f"sites.{name}.scratch_endpoint", site.scratch_endpoint, self.endpoints, "endpoint")
         if problems:
@@ -232,13 +248,13 @@ class Settings(_Strict):
         try:
             return self.endpoints[name]
         except KeyError:
-            raise EndpointError(f"unknown endpoint {name!r}; configured endpoints: {', '.join(sorted(self.endpoints))}") from None
+            raise EndpointError(f"unknown endpoint {st.shown(name)}; configured endpoints: {', '.join(sorted(self.endpoints))}") from None
 
     def site(self, name: str) -> Site:
         try:
             return self.sites[name]
         except KeyError:
-            raise ConfigError(f"unknown site {name!r}; configured sites: {', '.join(sorted(self.sites))}") from None
+            raise ConfigError(f"unknown site {st.shown(name)}; configured sites: {', '.join(sorted(self.sites))}") from None
 
 
 def default_config(workspace: Path | str | None = None) -> dict:
@@ -274,15 +290,20 @@ def default_config(workspace: Path | str | None = None) -> dict:
     }
 
 
+def _key_part(part: str | int) -> str:
+    """One step of an error's key; a refused name (a dict key) is shown escaped, never raw."""
+    return str(part) if isinstance(part, int) or st.NAME.fullmatch(part) or part == "[key]" else st.shown(part)
+
+
 def _format_errors(source: str, err: ValidationError) -> str:
     lines = []
     for e in err.errors():
-        key = ".".join(str(p) for p in e["loc"]) or "(top level)"
+        key = ".".join(_key_part(p) for p in e["loc"]) or "(top level)"
         msg = e["msg"]
         if e["type"] == "extra_forbidden":
             msg = "unknown key; check its spelling against docs/config.md"
         elif e["type"] == "literal_error" and "expected" in e.get("ctx", {}):
-            msg = f"got {e['input']!r}; allowed: {e['ctx']['expected']}"
+            msg = f"got {st.shown(e['input'])}; allowed: {e['ctx']['expected']}"
         elif e["type"] == "value_error":
             msg = msg.removeprefix("Value error, ")
             if not e["loc"]:  # the cross-reference check: each line already starts with its key
@@ -341,9 +362,10 @@ def redacted(settings: Settings) -> dict:
         sa = bl.get("service_account")
         if sa and sa.get("client_secret"):
             sa["client_secret"] = "***"
-    if settings.store_url and "@" in settings.store_url:
-        # greedy up to the last '@': a password holding an unescaped '@' must not leak its tail
-        data["store_url"] = re.sub(r"://([^:/@]*):.*@", r"://\1:***@", settings.store_url)
+    if settings.store_url:
+        from .store_url import redact
+
+        data["store_url"] = redact(settings.store_url)  # the user info's password and ?password= (psycopg reads both)
     return data
 
 

@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import numbers
 from typing import Any
 
+from . import safetext as st
 from .config import Settings
 from .errors import ConfigError, EndpointError, IllegalTransition, RtlibError
 from .states import TERMINAL, State
 from .store import JobSpec, JobStore
 from .workloads import get_workload
 from .compute.policy import choose_queue
+
+STORE_INT_MAX = 2**31 - 1  # priority and max_attempts are INTEGER columns (int4 on PostgreSQL)
+MAX_ATTEMPTS_LIMIT = 100  # runs of one job; more is a typo, and each run may cost node-hours
 
 
 def parse_location(text: str) -> tuple[str, str]:
@@ -38,6 +43,38 @@ def _check_beamline_endpoints(settings: Settings, beamline: str, *, source: str,
             )
 
 
+def _text(field: str, value: Any, *, optional: bool = False) -> None:
+    """A field that must be a string: a list or dict would reach dict lookups and messages as it is."""
+    if value is None and optional:
+        return
+    if not isinstance(value, str):
+        raise st.FieldError(field, f"must be text (a string), got {st.shown(value)}")
+
+
+def _integer(field: str, value: Any, low: int, high: int) -> int:
+    """An int within [low, high]: no bool, no float (2.7 is not 2), no string."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise st.FieldError(field, f"must be a whole number from {low} to {high}, got {st.shown(value)}")
+    if not low <= int(value) <= high:
+        raise st.FieldError(field, f"{st.shown(int(value))} is out of range: give a whole number from {low} to {high}")
+    return int(value)
+
+
+def _check_fields(workload, source_endpoint, inputs, params, dest_endpoint, output_path, site, queue, account, beamline) -> None:
+    """Types first: every later check (and the store) may then rely on them."""
+    for field, value, optional in (("workload", workload, False), ("source_endpoint", source_endpoint, False),
+                                   ("dest_endpoint", dest_endpoint, True), ("output_path", output_path, False),
+                                   ("site", site, False), ("queue", queue, True), ("account", account, True),
+                                   ("beamline", beamline, True)):  # fmt: skip
+        _text(field, value, optional=optional)
+    if not isinstance(inputs, (list, tuple)):
+        raise st.FieldError("inputs", f"must be a list of paths, got {st.shown(inputs)}")
+    for i, path in enumerate(inputs):
+        _text(f"inputs[{i}]", path)
+    if params is not None and not isinstance(params, dict):
+        raise st.FieldError("params", f"must be a mapping of parameter names to values, got {st.shown(params)}")
+
+
 def submit(
     store: JobStore,
     settings: Settings,
@@ -55,7 +92,15 @@ def submit(
     priority: int = 0,
     max_attempts: int | None = None,
 ) -> int:
-    """Validate everything a person can get wrong, then record the job (state CREATED)."""
+    """Validate everything a person can get wrong, then record the job (state CREATED).
+
+    The account reaches the scheduler's -A of a batch script (its project part), so it must match
+    safetext.ACCOUNT even when the config lists no accounts; site, queue and beamline must be names
+    the config defines (whose keys match safetext.NAME)."""
+    _check_fields(workload, source_endpoint, inputs, params, dest_endpoint, output_path, site, queue, account, beamline)
+    priority = _integer("priority", priority, -STORE_INT_MAX - 1, STORE_INT_MAX)
+    if max_attempts is not None:
+        max_attempts = _integer("max_attempts", max_attempts, 1, MAX_ATTEMPTS_LIMIT)
     wl = get_workload(workload)
     clean = wl.validate(params or {}).model_dump(mode="json")
     settings.endpoint(source_endpoint)
@@ -66,15 +111,19 @@ def submit(
     _check_relative(dest_endpoint, output_path)
     site_cfg = settings.site(site)
     if queue is not None and queue not in {q.name for q in site_cfg.queues}:
-        raise ConfigError(f"site {site!r} has no queue {queue!r}; its queues: {', '.join(q.name for q in site_cfg.queues)}")
+        raise ConfigError(f"site {site!r} has no queue {st.shown(queue)}; its queues: {', '.join(q.name for q in site_cfg.queues)}")
     if beamline is not None:
         if beamline not in settings.beamlines:
-            raise ConfigError(f"unknown beamline {beamline!r}; configured: {', '.join(sorted(settings.beamlines)) or 'none'}")
+            raise ConfigError(f"unknown beamline {st.shown(beamline)}; configured: {', '.join(sorted(settings.beamlines)) or 'none'}")
         account = account or settings.beamlines[beamline].account
         _check_beamline_endpoints(settings, beamline, source=source_endpoint, destination=dest_endpoint,
                                   scratch=site_cfg.scratch_endpoint, site=site)
     if account is not None and settings.accounts and account not in settings.accounts:
-        raise ConfigError(f"unknown account {account!r}; configured: {', '.join(sorted(settings.accounts))}")
+        raise ConfigError(f"unknown account {st.shown(account)}; configured: {', '.join(sorted(settings.accounts))}")
+    for field, value, pattern in (("site", site, st.NAME), ("queue", queue, st.NAME), ("beamline", beamline, st.NAME),
+                                  ("account", account, st.ACCOUNT)):  # fmt: skip
+        if value is not None:  # the config's names passed this when it was loaded; an unlisted account has only this
+            st.check(field, value, pattern)
     if not inputs:
         raise RtlibError("a job needs at least one input path")
     spec = JobSpec(

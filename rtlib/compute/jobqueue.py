@@ -20,7 +20,10 @@ agent's back; the agent marks the job PREEMPTED and owns the retry budget.
 Worker run time (join to leave, per node) is reported to a usage sink; the
 agent records it in the store, where it is charged to the job's account.
 The job scripts are plain data: `job_script(site, queue, account)` shows
-exactly what would be submitted.
+exactly what would be submitted. Every value put into one is checked
+against its safetext pattern as it goes in, and the finished script line by
+line (`check_script`) before it is shown or submitted: dask's own jobqueue
+config (~/.config/dask/jobqueue.yaml) can add to it too.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ import itertools
 import logging
 import math
 import os
+import re
 import shutil
 import sys
 import tempfile
@@ -40,6 +44,7 @@ from typing import Any, Callable
 
 import dask
 
+from .. import safetext as st
 from ..config import JobqueueOptions, Queue, Site
 from ..errors import RtlibError, WorkerLost
 from .base import ComputeBackend
@@ -51,6 +56,10 @@ COMMANDS = {"slurm": ("sbatch", "scancel"), "pbs": ("qsub", "qdel")}
 
 class SchedulerCommandError(RtlibError):
     """The batch scheduler's submit command is missing or refused the worker job."""
+
+
+class UnsafeJobScript(RtlibError):
+    """A worker job script would hold a line or a value its template does not write: nothing is submitted."""
 
 
 # -- job scripts ---------------------------------------------------------------
@@ -86,8 +95,30 @@ def drain_after_s(site: Site, queue: Queue) -> float:
     return walltime_s - site.jobqueue.walltime_margin_s - 60 * longest_task_min(site, queue)
 
 
+def _check_values(site: Site, queue: Queue, scheduler_account: str | None) -> None:
+    """Each value of the config and the job that goes into the script, against its pattern, again.
+
+    The config was checked when loaded, but a Site can be built or changed in code, and the account
+    comes from a job row (written by whichever rtlib version submitted it)."""
+    opts, where = site.jobqueue, "sites.<site>.jobqueue"
+    values = [("account (the scheduler's -A)", scheduler_account, st.SCHEDULER_NAME), ("queue name", queue.name, st.NAME),
+              ("queues.scheduler_queue", queue.scheduler_queue, st.SCHEDULER_NAME),
+              (f"{where}.filesystems", opts.filesystems, st.WORD), (f"{where}.python", opts.python, st.WORD),
+              (f"{where}.interface", opts.interface, st.HOST), (f"{where}.scheduler_host", opts.scheduler_host, st.HOST),
+              (f"{where}.log_directory", opts.log_directory, st.WORD), (f"{where}.commands_dir", opts.commands_dir, st.WORD),
+              (f"{where}.node_launcher", opts.node_launcher, st.SHELL_LINE)]  # fmt: skip
+    values += [(f"queues.extra_directives[{i}]", d, st.DIRECTIVE) for i, d in enumerate(queue.extra_directives)]
+    values += [(f"{where}.prologue[{i}]", line, st.SHELL_LINE) for i, line in enumerate(opts.prologue)]
+    for field, value, pattern in values:
+        if value is not None:
+            why = st.problem(str(value) if isinstance(value, Path) else value, pattern)
+            if why:
+                raise UnsafeJobScript(f"not building a worker job script for queue {st.shown(queue.name)}: {field}: {why}")
+
+
 def cluster_kwargs(site: Site, queue: Queue, scheduler_account: str | None) -> dict[str, Any]:
     """The keyword arguments of the dask-jobqueue cluster/job class for one queue and account."""
+    _check_values(site, queue, scheduler_account)
     opts = site.jobqueue
     nodes = queue.nodes_per_job
     walltime_s, lifetime_s, stagger_s = worker_timing(site, queue)
@@ -166,13 +197,66 @@ def per_node_job_class(site: Site, queue: Queue, job_cls):
     return PerNodeJob
 
 
+DIRECTIVE_PREFIX = {"pbs": "#PBS ", "slurm": "#SBATCH "}
+SHEBANG = re.compile(r"#!/[A-Za-z0-9_/.-]+( [A-Za-z0-9_/.-]+)?")
+
+
+def _worker_command_problem(line: str, site: Site, queue: Queue) -> str | None:
+    """Why the worker command is not a command of plain words (the node launcher's wrapper aside), or None."""
+    command = line
+    if queue.nodes_per_job > 1:
+        launcher = (site.jobqueue.node_launcher or LAUNCHERS[site.compute]).format(nodes=queue.nodes_per_job)
+        head, tail = f"{launcher} /bin/sh -c 'exec ", "'"
+        if not (line.startswith(head) and line.endswith(tail)):
+            return "it is not the node launcher's `/bin/sh -c 'exec ...'` wrapper"
+        command = line[len(head):-len(tail)].replace(RANK, "0")
+    for word in command.split(" "):
+        why = st.problem(word, st.ARG)
+        if why:
+            return f"word {why}"
+    return None
+
+
+def check_script(script: str, site: Site, queue: Queue) -> str:
+    """`script` when every line is one its template writes; else UnsafeJobScript naming the first other line.
+
+    The lines: the shebang; `#PBS `/`#SBATCH ` directives of one printable line starting with '-';
+    the configured prologue lines; the worker command, made of plain words. Nothing else, and no
+    character but printable ASCII and newlines (no CR, NUL, tab or U+2028)."""
+    prefix, prologue = DIRECTIVE_PREFIX[site.compute], set(site.jobqueue.prologue)
+    lines = [ln for ln in script.split("\n") if ln.strip()]
+
+    def refuse(line: str, why: str) -> UnsafeJobScript:
+        return UnsafeJobScript(f"not submitting the worker job script for queue {st.shown(queue.name)}: its line {st.shown(line)} "
+                               f"{why}; check sites.<site>.jobqueue and sites.<site>.queues, and dask's jobqueue config "
+                               f"(~/.config/dask/jobqueue.yaml), which dask-jobqueue also reads")  # fmt: skip
+
+    odd = re.search(r"[^\x20-\x7e\n]", script)
+    if odd:
+        raise refuse(next(ln for ln in script.split("\n") if odd.group() in ln), f"holds the character {odd.group()!r}")
+    if not lines or not SHEBANG.fullmatch(lines[0]):
+        raise refuse(lines[0] if lines else "", "is not a plain #! line")
+    for line in lines[1:-1]:
+        if line.startswith(prefix):
+            why = st.problem(line[len(prefix):], st.DIRECTIVE)
+            if why:
+                raise refuse(line, f"is not a plain directive: {why}")
+        elif line not in prologue:
+            raise refuse(line, "is neither a directive nor a configured prologue line")
+    why = _worker_command_problem(lines[-1], site, queue)
+    if why:
+        raise refuse(lines[-1], f"is not the worker command rtlib builds: {why}")
+    return script
+
+
 def job_script(site: Site, queue: Queue | str, scheduler_account: str | None, *, scheduler_address: str = "tcp://127.0.0.1:8786") -> str:
-    """The batch script rtlib would submit for a worker of `queue`, without starting anything."""
+    """The batch script rtlib would submit for a worker of `queue`, without starting anything (checked by `check_script`)."""
     if isinstance(queue, str):
         queue = site.queue(queue)
     _, job_cls = job_classes(site.compute)
     kw = cluster_kwargs(site, queue, scheduler_account)
-    return per_node_job_class(site, queue, job_cls)(scheduler=scheduler_address, name=f"rtlib-{queue.name}-0", **kw).job_script()
+    job = per_node_job_class(site, queue, job_cls)(scheduler=scheduler_address, name=f"rtlib-{queue.name}-0", **kw)
+    return check_script(job.job_script(), site, queue)
 
 
 # -- the backend -----------------------------------------------------------------
@@ -453,6 +537,7 @@ class JobqueueBackend(ComputeBackend):
                         f"sites.<site>.jobqueue.commands_dir to the directory holding it"
                     )
             pool = _Pool(queue=queue, account=account, scheduler_account=scheduler_account or account)
+            job_script(self.site, queue, pool.scheduler_account)  # UnsafeJobScript before any scheduler is asked
             pool.cluster, pool.client = self._start_cluster(pool)
             self.pools[(queue.name, account)] = pool
             return pool
@@ -468,6 +553,9 @@ class JobqueueBackend(ComputeBackend):
         class WatchedJob(job_cls):  # records each submission's outcome for the monitor
             submit_command = _command(backend.opts, job_cls.submit_command.split()[0]) + job_cls.submit_command[len(submit_cmd):]
             cancel_command = _command(backend.opts, cancel_cmd)
+
+            def job_script(self) -> str:  # what start() writes and submits
+                return check_script(super().job_script(), backend.site, pool.queue)
 
             async def start(self):
                 try:
