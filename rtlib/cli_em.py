@@ -31,6 +31,8 @@ def em_run(
     output: Path = typer.Option(..., "--output", "-o", help="result Zarr group to write, e.g. result.zarr"),
     weights: Optional[Path] = typer.Option(None, help="U-Net weights (.pt); default: the shipped ones"),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="print only the summary"),
+    strict: bool = typer.Option(False, "--strict", help="fail (exit status 2) when the result is suspect: no neuron "
+                                "segmented, or more than max_masked_fraction masked; without it these are warnings"),
 ):
     """Stitch, align, mask, segment, skeletonize and graph one EM directory into OUTPUT (.zarr).
 
@@ -41,6 +43,8 @@ def em_run(
     params = _parse_params(list(ctx.args), "connectomics")
     if weights is not None:
         params["weights"] = str(weights)
+    if strict:
+        params["strict"] = True
     validated = workload.validate(params)
 
     output = output.expanduser()
@@ -51,32 +55,39 @@ def em_run(
         os.replace(run.scratch / RESULT_NAME, output)
     summary["wall_s"] = run.wall_s()
     summary["output"] = str(output)
+    for warning in summary.get("warnings", []):  # also when quiet: a suspect result is never a silent success
+        console.print(f"[bold yellow]WARNING[/]: {warning}", highlight=False)
     console.print_json(json.dumps(summary, default=str))
 
 
 def synth_em(
     directory: Path = typer.Argument(..., help="directory to write: layout.json, sections/, ground_truth/"),
+    style: str = typer.Option("neuropil", help="neuropil: dense space-filling neurites, a rendering drawn from the family; "
+                              "sparse: round neurites in texture (the first generator)"),
     sections: int = typer.Option(32, help="number of sections (z)"),
     height_px: int = typer.Option(128, help="frame height; a whole grid of tiles"),
     width_px: int = typer.Option(128, help="frame width; a whole grid of tiles"),
     tile_px: int = typer.Option(96, help="tile side, px"),
     overlap_px: int = typer.Option(64, help="nominal overlap of neighbouring tiles, px (about 2 x max-offset + 16 or more)"),
     max_offset_px: float = typer.Option(15.0, help="largest deviation of a tile from its nominal position (y and x), px"),
-    neurites: int = typer.Option(16, help="number of neurites (before branching)"),
-    pixel_size_nm: float = typer.Option(16.0), section_thickness_nm: float = typer.Option(40.0),
+    neurites: int = typer.Option(16, help="sparse style: number of neurites (before branching)"),
+    pixel_size_nm: Optional[float] = typer.Option(None, help="in-plane pixel size, nm (4-16); default 8 (neuropil), 16 (sparse)"),
+    section_thickness_nm: float = typer.Option(40.0),
     seed: int = typer.Option(0),
 ):
-    """Synthetic serial-section EM tiles of branching neurites, a vessel and a tissue edge, with ground truth."""
+    """Synthetic serial-section EM tiles with ground truth: dense neuropil (default) or sparse neurites."""
     from .synth.em import write_em_dataset
 
+    if style not in ("neuropil", "sparse"):
+        raise RtlibError(f"--style {style!r}: choose neuropil or sparse")
     try:
-        truth = write_em_dataset(directory, (sections, height_px, width_px), tile_px=tile_px, overlap_px=overlap_px,
-                                 max_offset_px=max_offset_px, num_neurites=neurites, pixel_size_nm=pixel_size_nm,
-                                 section_thickness_nm=section_thickness_nm, seed=seed)
+        truth = write_em_dataset(directory, (sections, height_px, width_px), style=style, tile_px=tile_px,
+                                 overlap_px=overlap_px, max_offset_px=max_offset_px, num_neurites=neurites,
+                                 pixel_size_nm=pixel_size_nm, section_thickness_nm=section_thickness_nm, seed=seed)
     except ValueError as err:
         raise RtlibError(str(err)) from None
-    console.print(f"wrote {directory}: {sections} sections of {truth['layout']['rows']}x{truth['layout']['cols']} tiles, "
-                  f"{len(truth['cable_length_nm'])} neurons in ground_truth/")
+    console.print(f"wrote {directory} ({style}, {truth['layout']['pixel_size_nm']:g} nm pixels): {sections} sections of "
+                  f"{truth['layout']['rows']}x{truth['layout']['cols']} tiles, {len(truth['cable_length_nm'])} neurons in ground_truth/")
 
 
 @train_app.command("em")

@@ -293,10 +293,23 @@ def cut_tiles(world_section: np.ndarray, displacement_of, positions: np.ndarray,
     return tiles
 
 
-def write_em_dataset(directory: Path, shape=(32, 128, 128), *, tile_px=96, overlap_px=64, max_offset_px=15.0,
-                     num_neurites=16, pixel_size_nm=16.0, section_thickness_nm=40.0, drift_step_px=1.0,
-                     deformation_px=0.8, seed=0, vessel=True, outside=True) -> dict[str, Any]:
-    """Write tiles, layout.json and ground_truth/ for a synthetic volume whose output frame is ``shape``."""
+def write_em_dataset(directory: Path, shape=(32, 128, 128), *, style: str = "sparse", tile_px=96, overlap_px=64,
+                     max_offset_px=15.0, num_neurites=16, pixel_size_nm: float | None = None, section_thickness_nm=40.0,
+                     drift_step_px=1.0, deformation_px=0.8, seed=0, vessel=True, outside=True) -> dict[str, Any]:
+    """Write tiles, layout.json and ground_truth/ for a synthetic volume whose output frame is ``shape``.
+
+    ``style="sparse"``: this module's neurites in texture (16 nm pixels by default); ``"neuropil"``: dense
+    tissue from ``rtlib.synth.neuropil`` (8 nm by default; its vessel, soma and edge drawn per seed).
+    ``rtlib synth em`` defaults to neuropil."""
+    if style == "neuropil":
+        from .neuropil import write_neuropil_dataset
+
+        return write_neuropil_dataset(directory, shape, tile_px=tile_px, overlap_px=overlap_px, max_offset_px=max_offset_px,
+                                      pixel_size_nm=pixel_size_nm or 8.0, section_thickness_nm=section_thickness_nm,
+                                      drift_step_px=drift_step_px, deformation_px=deformation_px, seed=seed)
+    if style != "sparse":
+        raise ValueError(f"style {style!r}: choose 'neuropil' or 'sparse'")
+    pixel_size_nm = pixel_size_nm or 16.0
     from PIL import Image
 
     z, h, w = shape
@@ -327,7 +340,7 @@ def write_em_dataset(directory: Path, shape=(32, 128, 128), *, tile_px=96, overl
     (directory / "layout.json").write_text(json.dumps(layout, indent=2))
     truth_dir = directory / "ground_truth"
     truth_dir.mkdir(exist_ok=True)
-    truth = {"shape": list(shape), "tile_positions_px": positions.tolist(), "drift": drift,
+    truth = {"shape": list(shape), "tile_positions_px": positions.tolist(), "drift": drift, "style": "sparse",
              "cable_length_nm": {str(k): v for k, v in vol.cable_nm.items()}, "seed": seed, "layout": layout}
     (truth_dir / "truth.json").write_text(json.dumps(truth))
     np.save(truth_dir / "labels.npy", vol.frame(vol.labels))

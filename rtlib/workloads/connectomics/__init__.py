@@ -23,6 +23,7 @@ import numpy as np
 
 import rtlib
 
+from ...errors import RtlibError
 from .._dask import cluster_client
 from ..base import ProgressFn, Workload
 from . import io
@@ -52,18 +53,27 @@ def run(params: ConnectomicsParams, inputs: list[Path], outdir: Path, progress: 
     timings: dict[str, float] = {}
     stitch_residuals, stitch_warnings = stitch_align_mask(sections, layout, params, result, progress, timings)
 
-    from .blockwise import BlockGrid, ZarrArrays, contacts_blocks, describe, label_summary_blocks, predict_blocks, segment_blocks
+    from .blockwise import (BlockGrid, ZarrArrays, contacts_blocks, describe, label_summary_blocks, mask_blocks, predict_blocks,
+                            segment_blocks)
     from .graph import graph_from_tables, write_graphml
+    from .mask import MaskSettings
+    from .ome import write_ngff
     from .segment import SegmentSettings
     from .skeleton import TeasarSettings, cable_length_nm, skeletonize_objects, write_swc
+    from .unet import scale_factor
 
     store = ZarrArrays(str(result))
     grid = BlockGrid(shape, block)
+    factor = scale_factor(pixel_nm, params.working_pixel_nm)
     with cluster_client(params.split_over_workers) as client:
         started = time.perf_counter()
-        predict_blocks(store, grid, params.weights, client)
+        predict_blocks(store, grid, params.weights, client, factor)
         timings["unet_s"] = time.perf_counter() - started
-        progress(0.7, f"U-Net boundary and foreground maps done ({len(grid)} blocks)")
+        progress(0.65, f"U-Net boundary and foreground maps done ({len(grid)} blocks, read at {pixel_nm * factor:g} nm)")
+        started = time.perf_counter()
+        mask_blocks(store, grid, MaskSettings.from_nm(params.mask_smoothing_nm, pixel_nm, params.mask_threshold), client)
+        timings["mask_s"] = timings.get("mask_s", 0.0) + time.perf_counter() - started
+        progress(0.7, "masked what the network finds is no neuropil")
         started = time.perf_counter()
         voxel_nm3 = thickness_nm * pixel_nm * pixel_nm
         segment_blocks(store, grid, SegmentSettings(
@@ -88,9 +98,19 @@ def run(params: ConnectomicsParams, inputs: list[Path], outdir: Path, progress: 
 
     write_swc(skeletons, result / io.SKELETONS)
     write_graphml(graph, result / io.GRAPH)
+    write_ngff(result, spacing, block=block)
     mask_fraction = float(np.mean([np.asarray(store.get(io.MASK)[z]).mean() for z in range(shape[0])]))
+    warnings = result_warnings(len(summaries), mask_fraction, params)
+    import zarr
+
+    zarr.open_group(str(result), mode="r+").attrs["warnings"] = warnings
+    for warning in warnings:
+        progress(0.99, f"WARNING: {warning}")
+    if warnings and params.strict:
+        raise SuspectResult("; ".join(warnings) + " (strict: the run fails; without strict it is a warning in the summary)")
     progress(1.0, f"wrote {RESULT_NAME}")
     return {
+        "warnings": warnings,
         "input": root.name,
         "shape": list(shape),
         "scale_nm": list(spacing),
@@ -107,6 +127,21 @@ def run(params: ConnectomicsParams, inputs: list[Path], outdir: Path, progress: 
     }
 
 
+class SuspectResult(RtlibError):
+    """A run whose result is not believable (no neuron segmented, most of the volume masked) with ``strict``."""
+
+
+def result_warnings(neurons: int, masked_fraction: float, params: ConnectomicsParams) -> list[str]:
+    """What a person must know before trusting the result; empty when nothing is suspect."""
+    warnings = []
+    if neurons == 0:
+        warnings.append("no neuron was segmented: check the input's pixel size and contrast, or the U-Net weights")
+    if masked_fraction > params.max_masked_fraction:
+        warnings.append(f"{masked_fraction:.0%} of the volume is masked as no neuropil (more than max_masked_fraction = "
+                        f"{params.max_masked_fraction:.0%}): the network may not recognise this tissue")
+    return warnings
+
+
 def stitch_align_mask(sections: list[Path], layout: io.Layout, params: ConnectomicsParams, result: Path,
                       progress: ProgressFn, timings: dict[str, float]) -> tuple[list[float], list[str]]:
     """Tiles, mosaic, aligned image and mask of every section, written to ``result`` one section at a time.
@@ -115,7 +150,8 @@ def stitch_align_mask(sections: list[Path], layout: io.Layout, params: Connectom
     ``stitch_warnings`` attribute); a section whose tiles cannot be stitched is an InputDataError."""
     import zarr
 
-    from .mask import fill_uncovered, section_mask
+    from .mask import fill_uncovered
+    from .normalize import correct_tiles, normalize_section, tile_corrections
     from .stitch import fuse, stitch_section
 
     group = zarr.open_group(str(result), mode="r+")
@@ -125,9 +161,6 @@ def stitch_align_mask(sections: list[Path], layout: io.Layout, params: Connectom
     aligner = SectionAligner(frame, AlignSettings(
         patch_px=params.align_patch_px, stride_px=params.align_stride_px, mesh_spacing_px=params.align_mesh_spacing_px,
         smoothness=params.align_smoothness, max_shift_px=params.align_max_shift_px))
-    mask_args = {"min_gray": params.mask_min_gray, "max_texture_gray": params.mask_max_texture_gray,
-                 "min_area_px": int(params.mask_min_area_um2 * 1e6 / layout.pixel_size_nm**2),
-                 "margin_px": int(round(params.mask_margin_nm / layout.pixel_size_nm))}
     keys = [(r, c) for r in range(layout.rows) for c in range(layout.cols)]
     residuals, warnings = [], []
     stitch_s = align_s = mask_s = 0.0
@@ -137,20 +170,23 @@ def stitch_align_mask(sections: list[Path], layout: io.Layout, params: Connectom
         stitched = stitch_section(tiles, (layout.rows, layout.cols), layout.overlap_px, upsample=params.stitch_upsample,
                                   section=f"section {folder.name} ({folder})")
         warnings.extend(stitched.warnings)
-        mosaic, cov = fuse(tiles, stitched.positions_px, canvas, (-pad, -pad))
+        # per tile: gains and offsets matched across the overlaps; per section: percentile anchors (``normalize``)
+        corrected = correct_tiles(tiles, tile_corrections(tiles, stitched.positions_px))
+        mosaic, cov = fuse(corrected, stitched.positions_px, canvas, (-pad, -pad))
+        mosaic = normalize_section(mosaic, cov)
         residuals.append(stitched.residual_px)
         stitch_s += time.perf_counter() - started
         started = time.perf_counter()
-        aligned, valid, _ = aligner.add(mosaic, cov, (-pad, -pad))
+        aligned, valid, _ = aligner.add(mosaic.astype(np.float32), cov, (-pad, -pad))
         image = np.clip(np.rint(aligned), 0, 255).astype(np.uint8)
         align_s += time.perf_counter() - started
         started = time.perf_counter()
-        mask = section_mask(image, valid, **mask_args)
+        mask = ~valid  # unimaged pixels; what is no neuropil is found from the network's output (``mask``)
         image = fill_uncovered(image, valid)  # what the U-Net reads; the mask excludes these pixels
         mask_s += time.perf_counter() - started
         group[io.TILES][z] = np.stack([tiles[k] for k in keys])
         group[io.TILE_POSITIONS][z] = np.stack([stitched.positions_px[k] for k in keys])
-        group[io.MOSAIC][z] = np.clip(np.rint(mosaic), 0, 255).astype(np.uint8)
+        group[io.MOSAIC][z] = mosaic
         group[io.IMAGE][z] = image
         group[io.MASK][z] = mask
         progress(0.45 * (z + 1) / len(sections), f"stitched, aligned and masked section {z + 1}/{len(sections)}")

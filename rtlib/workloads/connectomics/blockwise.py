@@ -36,6 +36,13 @@ from .segment import SegmentSettings, face_pairs, foreground, grow, label_stats,
 PREDICT_HALO = (8, 24, 24)
 POOLING_PX = 4
 
+
+def predict_halo(factor: int = 1) -> tuple[int, int, int]:
+    """The halo in full-resolution px when the network reads the image ``factor`` times coarser in-plane
+    (+1 coarse cell for the bilinear upsampling)."""
+    return (PREDICT_HALO[0], (PREDICT_HALO[1] + POOLING_PX) * factor, (PREDICT_HALO[2] + POOLING_PX) * factor) if factor > 1 \
+        else PREDICT_HALO
+
 Slices = tuple[slice, slice, slice]
 
 
@@ -62,11 +69,13 @@ class BlockGrid:
         inner = tuple(slice(c.start - o.start, c.stop - o.start) for c, o in zip(core, outer))
         return outer, inner
 
-    def check_predictable(self) -> None:
+    def check_predictable(self, factor: int = 1) -> None:
+        step = POOLING_PX * factor
         for axis in (1, 2):
-            if self.block[axis] < self.shape[axis] and self.block[axis] % POOLING_PX:
-                raise ValueError(f"block side {self.block[axis]} px must be a multiple of {POOLING_PX} px (the U-Net's "
-                                 "pooling) so that blocks and the whole volume see the same pixel grid; choose e.g. 128")
+            if self.block[axis] < self.shape[axis] and self.block[axis] % step:
+                raise ValueError(f"block side {self.block[axis]} px must be a multiple of {step} px (the U-Net's "
+                                 f"pooling, {POOLING_PX}, times the in-plane reading factor {factor}) so that blocks and "
+                                 "the whole volume see the same pixel grid; choose e.g. 128")
 
 
 def lower_extended(core: Slices, axis: int) -> Slices:
@@ -171,15 +180,15 @@ def _in_dask_worker() -> bool:
         return False
 
 
-def _predict_block(store, grid: BlockGrid, core: Slices, weights: str) -> None:
+def _predict_block(store, grid: BlockGrid, core: Slices, weights: str, factor: int = 1) -> None:
     from .unet import predict_array
 
     if _in_dask_worker():
         import torch
 
         torch.set_num_threads(1)  # one task per worker thread: the cluster, not torch, spreads the work
-    outer, inner = grid.outer(core, PREDICT_HALO)
-    prob = predict_array(_cached_model(weights), store.read("image", outer))
+    outer, inner = grid.outer(core, predict_halo(factor))
+    prob = predict_array(_cached_model(weights), store.read("image", outer), factor)
     quantized = quantize(prob[(slice(None), *inner)])
     store.write("boundary", core, quantized[0])
     store.write("foreground", core, quantized[1])
@@ -190,14 +199,33 @@ def quantize(prob: np.ndarray) -> np.ndarray:
     return np.clip(np.rint(prob * 255), 0, 255).astype(np.uint8)
 
 
-def predict_blocks(arrays, grid: BlockGrid, weights: str | None = None, client=None) -> None:
-    """``boundary`` and ``foreground`` (uint8 probabilities x 255) from ``image``, block by block."""
+def predict_blocks(arrays, grid: BlockGrid, weights: str | None = None, client=None, factor: int = 1) -> None:
+    """``boundary`` and ``foreground`` (uint8 probabilities x 255) from ``image``, block by block; the network
+    reads the image ``factor`` times coarser in-plane (``unet.scale_factor``)."""
     store = _store(arrays)
     _check_client(store, client)
-    grid.check_predictable()
+    grid.check_predictable(factor)
     for name in ("boundary", "foreground"):
         store.create(name, grid.shape, np.uint8, grid.block)
-    run_blocks(_predict_block, [(store, grid, core, str(weights or "")) for _, core in grid.cores()], client)
+    run_blocks(_predict_block, [(store, grid, core, str(weights or ""), factor) for _, core in grid.cores()], client)
+
+
+# -- masking from the network's output ------------------------------------------------------
+
+
+def _mask_block(store, grid: BlockGrid, core: Slices, settings) -> None:
+    from .mask import network_mask
+
+    outer, inner = grid.outer(core, (0, settings.reach_px, settings.reach_px))
+    found = network_mask(store.read("foreground", outer), settings)[inner]
+    store.write("mask", core, store.read("mask", core).astype(bool) | found)
+
+
+def mask_blocks(arrays, grid: BlockGrid, settings, client=None) -> None:
+    """``mask`` |= what the network's foreground says is no neuropil (``mask.network_mask``), block by block."""
+    store = _store(arrays)
+    _check_client(store, client)
+    run_blocks(_mask_block, [(store, grid, core, settings) for _, core in grid.cores()], client)
 
 
 # -- segmentation ---------------------------------------------------------------------------

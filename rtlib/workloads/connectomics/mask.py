@@ -1,24 +1,50 @@
-"""Masking what is not neuropil: out-of-tissue regions, blood-vessel lumens and walls, areas without data.
+"""Masking what is not neuropil, from the data: unimaged pixels, and what the network finds is no neuron.
 
-Empty resin and vessel lumens image as bright, nearly flat regions; the
-tissue around them is textured. A section's mask is the large bright and
-flat regions, holes filled, grown by ``margin_px`` to take in the vessel
-wall and the tissue edge, joined with the pixels no tile covered. True
-means: excluded from segmentation.
+Nothing here compares a grey level with a fixed number. A section's mask
+starts as the pixels no tile covered (known from stitching). The rest
+comes from the U-Net's neuron-foreground probability, which was trained on
+a family of renderings to be low on vessel lumens and walls, cell bodies
+(somata with their nuclei), resin beyond the tissue's edge, and on the thin
+extracellular space between neurites. Smoothed in-plane over
+``smoothing_nm`` (a Gaussian), thin extracellular space and membranes stay
+well above ``threshold`` while regions wider than about twice
+``smoothing_nm`` fall below it: those are masked. The rule reads a
+bounded neighbourhood, so block-wise masking with a halo of ``reach_px``
+gives the same mask as the whole volume. True means: excluded.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import numpy as np
 from scipy import ndimage as ndi
 
 
-def flat_bright(section: np.ndarray, *, min_gray: float, max_texture_gray: float, window_px: int = 7) -> np.ndarray:
-    image = ndi.gaussian_filter(section.astype(np.float64), 1.0)
-    mean = ndi.uniform_filter(image, window_px)
-    sq = ndi.uniform_filter(image * image, window_px)
-    texture = np.sqrt(np.maximum(sq - mean * mean, 0))
-    return (mean >= min_gray) & (texture <= max_texture_gray)
+@dataclass(frozen=True)
+class MaskSettings:
+    smoothing_px: float = 6.0  # Gaussian sigma in-plane, px (the workload sets it from smoothing_nm)
+    threshold: float = 0.35  # smoothed foreground probability below this: not neuropil
+    truncate: float = 3.0  # the Gaussian's reach in sigmas
+
+    @property
+    def reach_px(self) -> int:
+        return int(np.ceil(self.truncate * self.smoothing_px)) + 1
+
+    @classmethod
+    def from_nm(cls, smoothing_nm: float, pixel_size_nm: float, threshold: float = 0.35) -> "MaskSettings":
+        return cls(smoothing_px=max(1.0, smoothing_nm / pixel_size_nm), threshold=threshold)
+
+
+def network_mask(foreground: np.ndarray, settings: MaskSettings | None = None) -> np.ndarray:
+    """Bool (z, y, x): where the in-plane smoothed foreground probability (float or uint8 x 255) is low."""
+    from .segment import as_probability
+
+    settings = settings or MaskSettings()
+    prob = as_probability(foreground)
+    smooth = ndi.gaussian_filter(prob, (0, settings.smoothing_px, settings.smoothing_px), mode="nearest",
+                                 truncate=settings.truncate)
+    return smooth < np.float32(settings.threshold)
 
 
 def fill_uncovered(section: np.ndarray, covered: np.ndarray) -> np.ndarray:
@@ -32,27 +58,3 @@ def fill_uncovered(section: np.ndarray, covered: np.ndarray) -> np.ndarray:
         return section
     _, nearest = ndi.distance_transform_edt(~covered, return_indices=True)
     return section[tuple(nearest)]
-
-
-def section_mask(section: np.ndarray, covered: np.ndarray, *, min_gray: float = 205.0, max_texture_gray: float = 6.0,
-                 min_area_px: int = 80, margin_px: int = 6, window_px: int = 7) -> np.ndarray:
-    """Bool mask of one aligned section (true = not target tissue)."""
-    if not covered.any():
-        return np.ones(section.shape, dtype=bool)
-    section = fill_uncovered(section, covered)  # so borders look flat, not edged
-    candidate = flat_bright(section, min_gray=min_gray, max_texture_gray=max_texture_gray, window_px=window_px) & covered
-    candidate = ndi.binary_opening(candidate, iterations=2)
-    labels, n = ndi.label(candidate)
-    if n:
-        sizes = ndi.sum_labels(candidate, labels, index=np.arange(1, n + 1))
-        candidate = np.isin(labels, 1 + np.flatnonzero(sizes >= min_area_px))
-    candidate = ndi.binary_fill_holes(candidate)
-    if candidate.any():
-        # The texture window eats about half its width off every flat region: give it back, plus the margin.
-        # Grown by distance, not by iterated 3x3 dilation, so a round vessel stays round.
-        candidate = ndi.distance_transform_edt(~candidate) <= margin_px + window_px // 2
-    return candidate | ~covered
-
-
-def mask_volume(image: np.ndarray, covered: np.ndarray, **kwargs) -> np.ndarray:
-    return np.stack([section_mask(s, c, **kwargs) for s, c in zip(image, covered)])
