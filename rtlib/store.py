@@ -17,6 +17,7 @@ from typing import Any, Iterable, Sequence
 import sqlalchemy as sa
 from sqlalchemy import event as sa_event
 
+from . import store_url
 from .errors import JobNotFound
 from .states import ACTIVE, State, check_transition
 
@@ -220,13 +221,14 @@ def _sqlite_pragmas(dbapi_conn, _record) -> None:
 
 
 def _redact_url(url: str) -> str:
-    return sa.engine.make_url(url).render_as_string(hide_password=True)
+    return store_url.redact(url)  # the user info's password and ?password=, ?sslpassword= ... (psycopg reads those too)
 
 
 class JobStore:
     """All reads and writes of jobs go through here."""
 
     def __init__(self, url: str):
+        store_url.check(url)  # refused without echoing it: an unescaped '@' would put the password into the host name
         self.url = url
         kwargs: dict[str, Any] = {"future": True}
         if url.startswith("sqlite"):
@@ -236,7 +238,8 @@ class JobStore:
         self.engine = sa.create_engine(url, **kwargs)
         if url.startswith("sqlite"):
             sa_event.listen(self.engine, "connect", _sqlite_pragmas)
-        self._create_schema()
+        with store_url.scrubbed(url):  # the first connection: a driver's message must not carry the password
+            self._create_schema()
 
     def __repr__(self) -> str:
         return f"JobStore({_redact_url(self.url)!r})"
