@@ -35,7 +35,7 @@ _PEAKS_REPORTED = 20
 def run(params: LaueParams, inputs: list[Path], outdir: Path, progress: ProgressFn) -> dict[str, Any]:
     path = select_input(inputs)
     label = str(path)
-    with open_scan_file(path) as f:
+    with open_scan_file(path, inputs) as f:
         images = images_dataset(f, params.dataset_path, label)
         shape = tuple(images.shape)
         geometry = read_geometry(f, label, shape, params.wire_diameter_um)
@@ -54,7 +54,7 @@ def run(params: LaueParams, inputs: list[Path], outdir: Path, progress: Progress
 
     with cluster_client(params.split_over_workers) as client:
         stack = reconstruct_file(str(path), params.dataset_path, geometry, bins, params.wire_edge,
-                                 rows_per_block=params.rows_per_block, client=client, progress=report)
+                                 rows_per_block=params.rows_per_block, client=client, progress=report, staged=inputs)
     progress(_RECONSTRUCT_SHARE, "finding peaks")
     peaks, profiles = find_peaks(
         stack, bins.centres_um, threshold_sigma=params.peak_threshold_sigma, min_intensity=params.peak_min_intensity,

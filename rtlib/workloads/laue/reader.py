@@ -8,15 +8,15 @@ goes back and forth) is an InputDataError naming the file and the dataset.
 
 from __future__ import annotations
 
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
+from typing import ContextManager, Iterable
 
 import h5py
 import hdf5plugin  # noqa: F401  registers the compression filters detectors write with
 import numpy as np
 
 from ...errors import InputDataError
+from ..h5safe import open_input
 from ..saxs.reader import HDF5_SUFFIXES  # noqa: F401  (re-exported: the same rule for every one-file workload)
 from ..saxs.reader import check_declared_size
 from ..saxs.reader import select_input as select_hdf5_input
@@ -45,26 +45,9 @@ def select_input(inputs: list[Path]) -> Path:
     return select_hdf5_input(inputs, workload="laue", what="wire-scan HDF5 file")
 
 
-@contextmanager
-def open_scan_file(path: Path) -> Iterator[h5py.File]:
-    if not path.exists():
-        raise InputDataError(f"input file {path} does not exist; check that it was staged, and its path")
-    if path.is_dir():
-        raise InputDataError(f"input {path} is a directory; laue needs the wire-scan HDF5 file itself")
-    try:
-        f = h5py.File(path, "r")
-    except OSError as err:
-        text = str(err)
-        if "truncated" in text:
-            problem = "is truncated (shorter than its HDF5 metadata says; an interrupted transfer?)"
-        elif "signature" in text:
-            problem = "is not an HDF5 file (no HDF5 signature at its start)"
-        else:
-            problem = "cannot be opened as HDF5"
-        raise InputDataError(f"input file {path} ({path.stat().st_size} bytes) {problem}: h5py says {text!r}. "
-                             "Re-transfer it or check what the beamline wrote") from None
-    with f:
-        yield f
+def open_scan_file(path: Path, staged: Iterable[Path | str] = (), check_streams: bool = True) -> ContextManager[h5py.File]:
+    """The wire-scan file, opened under the safe-open rules (``h5safe``); ``staged``: the job's input files."""
+    return open_input(path, staged, workload="laue", check_streams=check_streams)
 
 
 def images_dataset(f: h5py.File, dataset_path: str, label: str) -> h5py.Dataset:
@@ -116,10 +99,14 @@ def read_geometry(f: h5py.File, label: str, image_shape: tuple[int, int, int], w
     return geometry
 
 
-def read_rows(path: str, dataset_path: str, row_start: int, row_stop: int) -> np.ndarray:
-    """(steps, row_stop - row_start, x) images of a block of rows, as float64."""
+def read_rows(path: str, dataset_path: str, row_start: int, row_stop: int, staged: tuple[str, ...] = ()) -> np.ndarray:
+    """(steps, row_stop - row_start, x) images of a block of rows, as float64.
+
+    The file is audited again (a worker has only its path), but its compressed streams are not decoded to be
+    measured once per block: the run did that when it opened the file first.
+    """
     label = str(path)
-    with open_scan_file(Path(path)) as f:
+    with open_scan_file(Path(path), staged, check_streams=False) as f:
         dset = images_dataset(f, dataset_path, label)
         try:
             return dset[:, row_start:row_stop, :].astype(np.float64)

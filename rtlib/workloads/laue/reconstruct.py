@@ -29,6 +29,9 @@ EdgeChoice = Literal["leading", "trailing", "both"]
 # its heap, not from a fresh mmap (dask workers pin malloc's thresholds, and there each larger
 # temporary costs page faults: four times slower), and which stays in cache.
 PIXELS_PER_PASS = 8192
+# The images of one block of rows (all wire steps, as float64) take at most this many bytes: the declared
+# shape of a crafted file is never trusted to fit (as the saxs and xpcs readers cap a chunk of frames).
+BLOCK_BUDGET_BYTES = 256 * 2**20
 
 
 @dataclass(frozen=True)
@@ -136,11 +139,13 @@ def reconstruct_rows(
     edge: EdgeChoice,
     row_start: int,
     row_stop: int,
+    staged: tuple[str, ...] = (),
 ) -> np.ndarray:
-    """One block of detector rows, read from the scan file itself (so that a dask worker needs only the path)."""
+    """One block of detector rows, read from the scan file itself (so that a dask worker needs only the path;
+    ``staged``: the job's input files, which alone the file may lead to)."""
     from .reader import read_rows
 
-    images = read_rows(path, dataset_path, row_start, row_stop)
+    images = read_rows(path, dataset_path, row_start, row_stop, staged)
     pixel_um = geometry.detector.pixel_positions_um(rows=slice(row_start, row_stop))
     return reconstruct_block(images, pixel_um, geometry, bins, edge).astype(np.float32)
 
@@ -155,19 +160,23 @@ def reconstruct_file(
     rows_per_block: int = 64,
     client=None,
     progress: Callable[[float, str], None] | None = None,
+    staged: tuple[str, ...] = (),
 ) -> np.ndarray:
     """(depths, height, width) float32 depth-resolved stack of a scan file.
 
     With a dask ``client`` the row blocks run as tasks on its workers; the
-    result is the same, to the bit, as running them here.
+    result is the same, to the bit, as running them here. A block holds at
+    most ``BLOCK_BUDGET_BYTES`` of images, whatever ``rows_per_block`` asks.
     """
     height, width = geometry.detector.height_px, geometry.detector.width_px
+    rows_per_block = max(1, min(rows_per_block, BLOCK_BUDGET_BYTES // (8 * geometry.steps * width)))
     blocks = row_blocks(height, rows_per_block)
+    staged = tuple(str(p) for p in staged)
     stack = np.empty((bins.count, height, width), dtype=np.float32)
     report = progress or (lambda fraction, message: None)
     if client is None:
         for n, (r0, r1) in enumerate(blocks, 1):
-            stack[:, r0:r1] = reconstruct_rows(str(path), dataset_path, geometry, bins, edge, r0, r1)
+            stack[:, r0:r1] = reconstruct_rows(str(path), dataset_path, geometry, bins, edge, r0, r1, staged)
             report(n / len(blocks), f"reconstructed rows {r0}..{r1 - 1} of {height}")
         return stack
 
@@ -175,7 +184,7 @@ def reconstruct_file(
 
     [geometry_future] = client.scatter([geometry], broadcast=True)
     futures = {
-        client.submit(reconstruct_rows, str(path), dataset_path, geometry_future, bins, edge, r0, r1, pure=False): (r0, r1)
+        client.submit(reconstruct_rows, str(path), dataset_path, geometry_future, bins, edge, r0, r1, staged, pure=False): (r0, r1)
         for r0, r1 in blocks
     }
     for n, future in enumerate(as_completed(futures), 1):

@@ -28,7 +28,7 @@ _READ_SHARE = 0.95
 def run(params: SaxsParams, inputs: list[Path], outdir: Path, progress: ProgressFn) -> dict[str, Any]:
     path = select_input(inputs)
     label = str(path)
-    with open_detector_file(path) as f:
+    with open_detector_file(path, inputs) as f:
         frames = frames_dataset(f, params.dataset_path, label)
         geometry = resolve_geometry(params, f, label)
         total, height, width = frames.shape

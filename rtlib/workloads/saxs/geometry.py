@@ -124,11 +124,11 @@ def _read_scalar(f: h5py.File, key: str, file_label: str) -> tuple[float, str | 
         return None
     if not isinstance(obj, h5py.Dataset):
         raise InputDataError(f"{file_label}: {key} is a group; expected a dataset holding one number")
-    data = np.asarray(obj[()])
-    if data.size != 1 or data.dtype.kind not in "uif":
+    if obj.size != 1 or obj.dtype.kind not in "uif":  # checked before reading: a crafted file may declare any shape
         raise InputDataError(
-            f"{file_label}: {key} holds {data.dtype} data of shape {data.shape}; expected one number"
+            f"{file_label}: {key} holds {obj.dtype} data of shape {obj.shape}; expected one number"
         )
+    data = np.asarray(obj[()])
     unit = obj.attrs.get("units")
     if isinstance(unit, np.ndarray) and unit.size == 1:  # some writers store a one-element array
         unit = unit.item()

@@ -7,15 +7,15 @@ and rephrased so that a person reading a failed job knows where to look.
 
 from __future__ import annotations
 
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
+from typing import ContextManager, Iterable, Iterator
 
 import h5py
 import hdf5plugin  # noqa: F401  registers the LZ4 / bitshuffle / Blosc filters detectors write with
 import numpy as np
 
 from ...errors import InputDataError
+from ..h5safe import open_input
 
 HDF5_SUFFIXES = (".h5", ".hdf5", ".nxs")
 
@@ -31,6 +31,7 @@ MAX_DECLARED_TO_FILE_RATIO = 1000
 CHUNK_BUDGET_BYTES = 256 * 2**20
 _LISTED = 20  # group members named in an error message
 _SUGGESTED = 5  # 3-D datasets suggested in an error message
+_NDIM_HINT = {2: ": one image, not a series of frames", 4: ": several stacks, or frames of a 3-D detector"}
 
 
 def select_input(inputs: list[Path], *, workload: str = "saxs", what: str = "area-detector file") -> Path:
@@ -55,37 +56,29 @@ def select_input(inputs: list[Path], *, workload: str = "saxs", what: str = "are
     )
 
 
-@contextmanager
-def open_detector_file(path: Path) -> Iterator[h5py.File]:
-    if not path.exists():
-        raise InputDataError(f"input file {path} does not exist; check that it was staged, and its path")
-    if path.is_dir():
-        raise InputDataError(f"input {path} is a directory; saxs needs the HDF5 detector file itself")
-    try:
-        f = h5py.File(path, "r")
-    except OSError as err:
-        raise InputDataError(_unreadable_message(path, err)) from None
-    with f:
-        yield f
+def open_detector_file(path: Path, staged: Iterable[Path] = (), workload: str = "saxs") -> ContextManager[h5py.File]:
+    """The detector file, opened under the safe-open rules (``h5safe``); ``staged``: the job's input files."""
+    return open_input(path, staged, workload=workload)
 
 
-def frames_dataset(f: h5py.File, dataset_path: str, file_label: str) -> h5py.Dataset:
-    """The frame stack at ``dataset_path``, checked to be a non-empty, numeric (frames, y, x) dataset."""
+def frames_dataset(f: h5py.File, dataset_path: str, file_label: str, workload: str = "saxs") -> h5py.Dataset:
+    """The frame stack at ``dataset_path``, checked to be a non-empty, numeric (frames, y, x) dataset;
+    ``workload`` is the one reading it, named in the errors."""
     try:
         obj = f.get(dataset_path)
     except (KeyError, OSError):  # a dangling soft or external link: as good as missing
         obj = None
     if obj is None:
-        raise InputDataError(_missing_dataset_message(f, dataset_path, file_label))
+        raise InputDataError(_missing_dataset_message(f, dataset_path, file_label, workload))
     if not isinstance(obj, h5py.Dataset):
         raise InputDataError(
             f"{file_label}: {dataset_path} is a group, not a dataset; it holds {_members(obj)}. "
-            f"{_suggestion(f)}"
+            f"{_suggestion(f, workload)}"
         )
     if obj.ndim != 3:
         raise InputDataError(
-            f"{file_label}: dataset {dataset_path} has shape {obj.shape}; saxs needs a 3-D stack "
-            f"(frames, y, x). {_suggestion(f)}"
+            f"{file_label}: dataset {dataset_path} has shape {obj.shape} ({obj.ndim}-D{_NDIM_HINT.get(obj.ndim, '')}); "
+            f"{workload} needs a 3-D stack (frames, y, x). {_suggestion(f, workload)}"
         )
     if obj.dtype.kind not in "uif":
         raise InputDataError(f"{file_label}: dataset {dataset_path} holds {obj.dtype} values; expected detector counts (numbers)")
@@ -139,19 +132,7 @@ def iter_frame_chunks(dataset: h5py.Dataset, frames_per_chunk: int, file_label: 
 # -- messages ---------------------------------------------------------------------------
 
 
-def _unreadable_message(path: Path, err: OSError) -> str:
-    size = path.stat().st_size
-    text = str(err)
-    if "truncated" in text:
-        problem = "is truncated (shorter than its HDF5 metadata says; an interrupted transfer?)"
-    elif "signature" in text:
-        problem = "is not an HDF5 file (no HDF5 signature at its start; corrupt, or another format)"
-    else:
-        problem = "cannot be opened as HDF5"
-    return f"input file {path} ({size} bytes) {problem}: h5py says {text!r}. Re-transfer it or check what the detector wrote"
-
-
-def _missing_dataset_message(f: h5py.File, dataset_path: str, file_label: str) -> str:
+def _missing_dataset_message(f: h5py.File, dataset_path: str, file_label: str, workload: str) -> str:
     parts = [p for p in dataset_path.split("/") if p]
     deepest, deepest_name = f, "/"
     for i in range(len(parts)):
@@ -166,7 +147,7 @@ def _missing_dataset_message(f: h5py.File, dataset_path: str, file_label: str) -
     where = f"the top level holds {_members(f)}"
     if deepest_name != "/":
         where = f"the nearest existing group {deepest_name} holds {_members(deepest)}; " + where
-    return f"{file_label} has no dataset {dataset_path}: {where}. {_suggestion(f)}"
+    return f"{file_label} has no dataset {dataset_path}: {where}. {_suggestion(f, workload)}"
 
 
 def _members(group: h5py.Group) -> str:
@@ -177,7 +158,7 @@ def _members(group: h5py.Group) -> str:
     return shown + (f" and {len(names) - _LISTED} more" if len(names) > _LISTED else "")
 
 
-def _suggestion(f: h5py.File) -> str:
+def _suggestion(f: h5py.File, workload: str) -> str:
     stacks: list[str] = []
 
     def visit(name: str, obj: object) -> object:
@@ -187,5 +168,5 @@ def _suggestion(f: h5py.File) -> str:
 
     f.visititems(visit)
     if not stacks:
-        return "The file has no 3-D dataset, so it holds no frame stack saxs can reduce."
+        return f"The file has no 3-D dataset, so it holds no frame stack {workload} can read."
     return f"Set dataset_path to the frame stack; 3-D datasets in the file: {', '.join(stacks)}."

@@ -40,7 +40,8 @@ def run(params: XpcsParams, inputs: list[Path], outdir: Path, progress: Progress
     label = str(path)
     do_multitau = params.mode in ("multitau", "both")
     do_twotime = params.mode in ("twotime", "both")
-    with open_detector_file(path) as f:
+    staged = [*inputs, *([qmap_path] if qmap_path is not None else [])]
+    with open_detector_file(path, staged) as f:
         frames = frames_dataset(f, params.dataset_path, label)
         total, height, width = frames.shape
         if total < 2:
@@ -48,7 +49,7 @@ def run(params: XpcsParams, inputs: list[Path], outdir: Path, progress: Progress
         dt_s, dt_source = frame_time(f, params.frame_time_s, label)
         geometry = _geometry(params, f, label, required=qmap_path is None)
         if qmap_path is not None:
-            qmap = load_qmap(qmap_path, height, width, geometry)
+            qmap = load_qmap(qmap_path, height, width, geometry, staged)
         else:
             qmap = compute_qmap(geometry, height, width, params.num_dynamic_q_bins, params.num_static_q_bins, params.num_phi_bins)
         pixel_index, roi_of_pixel = qmap.dynamic_pixels()

@@ -16,12 +16,18 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterable
 
 import h5py
 import numpy as np
 
 from ...errors import InputDataError
+from ..h5safe import open_input
 from ..saxs.geometry import DetectorGeometry
+
+
+# /data/dqlist and /data/sqlist hold one q per ROI label; no q-map has more labels than this (16 M pixels).
+MAX_LISTED_Q = 2**24
 
 
 @dataclass(frozen=True)
@@ -55,13 +61,10 @@ class QMap:
         return out
 
 
-def load_qmap(path: Path, height: int, width: int, geometry: DetectorGeometry | None) -> QMap:
+def load_qmap(path: Path, height: int, width: int, geometry: DetectorGeometry | None, staged: Iterable[Path] = ()) -> QMap:
+    """The q-map file at ``path``, opened under the safe-open rules (``h5safe``); ``staged``: the job's input files."""
     label = str(path)
-    try:
-        f = h5py.File(path, "r")
-    except OSError as err:
-        raise InputDataError(f"q-map file {path} cannot be opened as HDF5 ({err}); re-transfer it or regenerate it with the mask tool") from None
-    with f:
+    with open_input(path, staged, workload="xpcs", what="q-map file") as f:
         maps = {}
         for key in ("dynamicMap", "staticMap", "mask"):
             obj = f.get(f"/data/{key}")
@@ -70,13 +73,13 @@ def load_qmap(path: Path, height: int, width: int, geometry: DetectorGeometry | 
                     continue
                 raise InputDataError(f"q-map file {label} has no /data/{key}; it needs /data/dynamicMap and /data/staticMap "
                                      f"(integer ROI label per pixel, 0 = excluded) as the APS mask tool writes them")
-            data = np.asarray(obj[()])
-            if data.shape != (height, width):
-                raise InputDataError(f"q-map file {label}: /data/{key} has shape {data.shape} but the frames are "
+            shape = getattr(obj, "shape", "a group")  # checked before reading: a crafted file may declare any shape
+            if shape != (height, width):
+                raise InputDataError(f"q-map file {label}: /data/{key} has shape {shape} but the frames are "
                                      f"{height} x {width}; use the q-map made for this detector (and its ROI/binning)")
-            if data.dtype.kind not in "uib":
-                raise InputDataError(f"q-map file {label}: /data/{key} holds {data.dtype} values; expected integer labels")
-            maps[key] = data
+            if obj.dtype.kind not in "uib":
+                raise InputDataError(f"q-map file {label}: /data/{key} holds {obj.dtype} values; expected integer labels")
+            maps[key] = np.asarray(obj[()])
         mask = maps["mask"].astype(bool) if "mask" in maps else np.ones((height, width), bool)
         dynamic = np.where(mask, maps["dynamicMap"], 0).astype(np.int32)
         static = np.where(mask, maps["staticMap"], 0).astype(np.int32)
@@ -122,8 +125,8 @@ def compute_qmap(geometry: DetectorGeometry, height: int, width: int, num_dynami
 def _listed_q(f: h5py.File, key: str, labels: np.ndarray) -> np.ndarray | None:
     """q per ROI from /data/<key>, indexed by label - 1 (the mask tool's convention), if it covers every label."""
     obj = f.get(f"/data/{key}")
-    if not isinstance(obj, h5py.Dataset):
-        return None
+    if not isinstance(obj, h5py.Dataset) or obj.size > MAX_LISTED_Q:
+        return None  # not a list of q, or (checked before reading) longer than any mask tool writes
     values = np.asarray(obj[()], dtype=np.float64).ravel()
     if len(labels) and labels.max() > len(values):
         return None

@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Iterator
+from typing import ContextManager, Iterable, Iterator
 
 import h5py
 import numpy as np
 
 from ...errors import InputDataError, ParameterError
-from ..saxs.reader import HDF5_SUFFIXES, frames_dataset, iter_frame_chunks, open_detector_file
+from ..saxs import reader as saxs_reader
+from ..saxs.reader import HDF5_SUFFIXES, iter_frame_chunks
 
 __all__ = ["FRAME_TIME_KEYS", "checked_chunks", "frame_time", "frames_dataset", "open_detector_file", "select_inputs"]
 
@@ -24,6 +25,16 @@ FRAME_TIME_KEYS = (
     "/entry/instrument/detector/frame_time",
     "/entry/instrument/detector/count_time",  # when the detector has no dead time it is the frame time
 )
+
+
+def open_detector_file(path: Path, staged: Iterable[Path] = ()) -> ContextManager[h5py.File]:
+    """The detector file, opened under the safe-open rules (``h5safe``); ``staged``: the job's input files."""
+    return saxs_reader.open_detector_file(path, staged, workload="xpcs")
+
+
+def frames_dataset(f: h5py.File, dataset_path: str, file_label: str) -> h5py.Dataset:
+    """The (frames, y, x) stack, checked as saxs checks it; errors name xpcs."""
+    return saxs_reader.frames_dataset(f, dataset_path, file_label, workload="xpcs")
 
 
 def select_inputs(inputs: list[Path], qmap_file: str | None) -> tuple[Path, Path | None]:
