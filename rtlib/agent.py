@@ -20,10 +20,20 @@ re-checked every second and released when the budget allows).
 Transfers go in batches of up to ``batch_bytes`` with a bounded number in
 flight on a thread pool, while analyses run on the compute backend, so
 stage-in of the next jobs overlaps analysis of the current ones.
+
+One job's trouble stays that job's: a file-system error (permission, full
+disk, I/O) while handling it fails that job with the cause, a transfer
+batch that crashes fails its items, and the agent goes on. Staged inputs
+are made read-only as they land and their checksums are checked again on
+the worker before the analysis reads them. The agent stops (with an error)
+when its store file vanishes or is replaced, and never delivers into a
+results folder marked as another store's (see `results_claim`).
 """
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import inspect
 import logging
 import os
@@ -39,22 +49,24 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any, Callable
 
-from . import layout
 from sqlalchemy import exc as sa_exc
 
-from . import accounting
+from . import accounting, fserrors, layout, logsafe, results_claim
 from .compute.base import ComputeBackend
 from .compute.policy import NoQueueFits, choose_queue, request_for
-from .compute.task import SUMMARY_FILE, attempt_started, read_progress, run_attempt
+from .compute.task import SUMMARY_FILE, TaskFailure, attempt_started, read_progress, run_attempt
 from .config import Settings
-from .errors import RtlibError
+from .errors import EndpointError, PathOutsideRoot, ResultsRootClaimed, RtlibError, StoreError
 from .states import ACTIVE, TERMINAL, State
 from .store import Job, JobStore, TransferItem
 from .transfer.base import TransferBackend, TransferOutcome, TransferRequest
+from .transfer.checksum import file_checksum
 from .workloads import get_workload
 
 log = logging.getLogger("rtlib.agent")
+logsafe.protect(log)  # reasons and paths carry user text: one record stays one line
 S = State
+STAGED_INPUT_MODE = 0o444  # staged inputs are read-only: only a new stage-in replaces them
 
 
 @dataclass
@@ -118,7 +130,7 @@ class Agent:
         # when the job is re-adopted in the same attempt (a store restart costs no compute), else cancelled
         self.detached: dict[int, tuple[_Run, float]] = {}
         self.unstarted_losses: dict[int, int] = {}  # job -> attempts lost before they started (not charged)
-        self.batches: set[Future] = set()
+        self.batches: dict[Future, tuple[str, list[int]]] = {}  # transfer batch -> its direction and item ids
         self.outcomes: queue.Queue[tuple[str, TransferOutcome, int]] = queue.Queue()
         self.pool = ThreadPoolExecutor(max_workers=self.opts.transfers_in_flight, thread_name_prefix="rtlib-transfer")
         self._supports_on_outcome = "on_outcome" in inspect.signature(transfer.transfer_batch).parameters
@@ -130,6 +142,8 @@ class Agent:
         self.held: set[int] = set()
         self._ledger: accounting.Ledger | None = None
         self._last_hold_check = 0.0
+        self._unmarked_endpoints: set[str] = set()  # destinations whose results root cannot be marked from here
+        store.require_writable()  # a read-only store is an error now, not an endless "unreachable" later
         set_sink = getattr(compute, "set_usage_sink", None)
         if set_sink is not None:  # worker run time, charged to the accounts (jobqueue backends)
             set_sink(lambda **usage: self.store.record_usage(site=self.site_name, **usage))
@@ -151,6 +165,7 @@ class Agent:
         deadline = time.monotonic() + max_seconds if max_seconds else None
         last_tick = 0.0
         store_backoff_s = 0.5
+        logsafe.protect_root_handlers()
         try:
             while not self._stop.is_set():
                 try:
@@ -180,9 +195,10 @@ class Agent:
     def close(self) -> None:
         self.pool.shutdown(wait=True, cancel_futures=True)
         try:
+            self.store.check_alive()  # never write into a store that is not the one opened
             self.store.release(self.agent_id)
-        except sa_exc.DBAPIError:
-            log.warning("could not release leases (store unreachable); they expire after %s s", self.opts.lease_s)
+        except (sa_exc.DBAPIError, StoreError) as err:
+            log.warning("could not release leases (%s); they expire after %s s", type(err).__name__, self.opts.lease_s)
 
     def _reset(self) -> None:
         """Forget every job after a store error: the store is the truth, and the next claim re-adopts them.
@@ -216,7 +232,9 @@ class Agent:
     def step(self) -> bool:
         now = time.time()
         busy = False
+        self.store.check_alive()  # a deleted or replaced store file: StoreLost ends the run
         if now - self._last_heartbeat > self.opts.lease_s / 3:
+            self.store.verify_identity()
             self.store.heartbeat(self.agent_id, self.opts.lease_s)
             self._last_heartbeat = now
         if now - self._last_sync > 1.0:
@@ -298,9 +316,28 @@ class Agent:
         log.warning("job %s failed: %s", job.id, reason)
         self._move(job, S.FAILED, reason, error=reason)
 
+    @contextlib.contextmanager
+    def _job_files(self, job_id: int):
+        """Turn a file-system error met while handling one job into that job's failure, with its cause."""
+        try:
+            yield
+        except OSError as err:
+            if not fserrors.is_fs_error(err):
+                raise  # not a file-system error (a closed connection to the scheduler): not this job's doing
+            job = self.jobs.get(job_id)
+            if job is None:  # already finished or dropped: nothing left to fail
+                log.warning("job %s: file-system error after it was dropped: %s", job_id, fserrors.describe(err))
+                return
+            self._fail(job, f"file-system error while {job.state.value}: {fserrors.describe(err)}; {fserrors.fix_hint(err)}, "
+                            f"then retry the job")
+
     # -- adopting a job in whatever state the store says -------------------
     def _adopt(self, job: Job) -> None:
         self.jobs[job.id] = job
+        with self._job_files(job.id):
+            self._dispatch_adopted(job)
+
+    def _dispatch_adopted(self, job: Job) -> None:
         handler = {
             S.CREATED: self._plan_stage_in,
             S.STAGING_IN: self._resume_staging,
@@ -326,6 +363,7 @@ class Agent:
                     items.append(dict(src_endpoint=job.source_endpoint, src_path=path, dst_endpoint=self.scratch, dst_path=dst, size_bytes=size))
             if not items:
                 raise RtlibError(f"no input files found at {job.source_endpoint}:{', '.join(job.inputs)}")
+            self._check_results_root(job, claim=False)  # fail now, not after the analysis
         except RtlibError as err:
             self._fail(job, str(err))
             return
@@ -347,7 +385,7 @@ class Agent:
             for d in {str(PurePosixPath(i.dst_path).parent) for i in todo}:
                 try:
                     cleaner(todo[0].dst_endpoint, d)
-                except RtlibError:
+                except (RtlibError, OSError):  # only tidying: a real problem with that folder fails the copy itself
                     pass
         self.pending[job.id] = deque(todo)
         self.remaining[job.id] = len(todo)
@@ -405,9 +443,27 @@ class Agent:
         if job:
             self._requeue_preempted(job)
 
+    def _check_results_root(self, job: Job, *, claim: bool) -> None:
+        """ResultsRootClaimed when the job's destination lies in a results folder of another job store."""
+        dest = layout.expand_output_path(job.output_path, job.id, job.workload).strip("/")
+        try:
+            results_claim.check(self.transfer, job.dest_endpoint, dest, self.store.store_id, claim=claim)
+        except PathOutsideRoot:
+            raise
+        except (NotImplementedError, EndpointError):  # reached only through Globus: its folder cannot be read here
+            if job.dest_endpoint not in self._unmarked_endpoints:
+                self._unmarked_endpoints.add(job.dest_endpoint)
+                log.warning("endpoint %s has no local root here: its results folders are not checked for another store's "
+                            "results (give it a `root` where this machine mounts it)", job.dest_endpoint)
+
     def _plan_stage_out(self, job: Job) -> None:
         out_rel = layout.output_dir(job.id)
         dest = layout.expand_output_path(job.output_path, job.id, job.workload).strip("/")
+        try:
+            self._check_results_root(job, claim=True)
+        except ResultsRootClaimed as err:
+            self._fail(job, f"results not delivered: {err}")
+            return
         try:
             files = self.transfer.list_files(self.scratch, out_rel)
         except RtlibError as err:
@@ -437,7 +493,7 @@ class Agent:
                 break
             direction = "out" if self.jobs[self.item_job[batch[0].item_id]].state == S.STAGING_OUT else "in"
             fut = self.pool.submit(self._transfer_batch, batch, direction)
-            self.batches.add(fut)
+            self.batches[fut] = (direction, [r.item_id for r in batch])
             sent = True
         return sent
 
@@ -467,23 +523,45 @@ class Agent:
         return batch
 
     def _transfer_batch(self, batch: list[TransferRequest], direction: str) -> None:
+        requests = {r.item_id: r for r in batch}
+
         def progress(n: int) -> None:
             self.stats.add_bytes(direction, n)
 
+        def report(outcome: TransferOutcome) -> None:
+            if direction == "in" and outcome.ok:
+                outcome = self._seal_staged(outcome, requests[outcome.item_id])
+            self.outcomes.put((direction, outcome, 0))
+
         if self._supports_on_outcome:
-            self.transfer.transfer_batch(batch, progress, on_outcome=lambda o: self.outcomes.put((direction, o, 0)))
+            self.transfer.transfer_batch(batch, progress, on_outcome=report)
         else:
             for outcome in self.transfer.transfer_batch(batch, progress):
-                self.outcomes.put((direction, outcome, 0))
+                report(outcome)
+
+    def _seal_staged(self, outcome: TransferOutcome, req: TransferRequest) -> TransferOutcome:
+        """Make a staged input read-only and make sure its checksum is recorded (the worker checks it again)."""
+        try:
+            path = self._local(req.dst_path)
+            checksum = outcome.checksum or file_checksum(path)  # Globus verifies but reports no digest
+            os.chmod(path, STAGED_INPUT_MODE)
+        except OSError as err:
+            return dataclasses.replace(outcome, ok=False, error=f"sealing the staged copy failed: {fserrors.describe(err)}")
+        except RtlibError as err:
+            return dataclasses.replace(outcome, ok=False, permanent=True, error=f"sealing the staged copy failed: {err}")
+        return dataclasses.replace(outcome, checksum=checksum)
 
     def _collect_transfers(self) -> bool:
         changed = False
         for fut in [f for f in self.batches if f.done()]:
-            self.batches.discard(fut)
+            direction, item_ids = self.batches.pop(fut)
             exc = fut.exception()
-            if exc is not None:  # a backend bug: fail loudly rather than hang the items
+            if exc is not None:  # the backend broke on this batch: its items fail, the agent goes on
                 log.error("transfer batch crashed: %r", exc)
-                raise exc
+                why = fserrors.describe(exc) if fserrors.is_fs_error(exc) else f"{type(exc).__name__}: {exc}"
+                for item_id in item_ids:
+                    if item_id in self.item_job:  # not reported before the crash
+                        self.outcomes.put((direction, TransferOutcome(item_id, False, error=f"the transfer backend crashed: {why}"), 0))
             changed = True
         while True:
             try:
@@ -515,7 +593,8 @@ class Agent:
                 continue
             self.remaining[job.id] -= 1
             if self.remaining[job.id] <= 0:
-                self._finish_stage(job)
+                with self._job_files(job.id):
+                    self._finish_stage(job)
         return changed
 
     # -- analysis ----------------------------------------------------------
@@ -527,28 +606,34 @@ class Agent:
             job = self.jobs.get(job_id)
             if job is None or job.state != S.STAGED_IN:
                 continue
-            queue = self._admit(job)
-            if queue is None:
-                continue
-            attempt = job.attempts + 1
-            token = uuid.uuid4().hex[:8]
-            rel = layout.attempt_dir(job.id, attempt, token)
-            job = self._move(job, S.RUNNING, f"attempt {attempt} of {job.max_attempts} started in queue {queue}", attempts=attempt, progress=0.0, queue=queue)
-            if job is None:
-                continue
-            inputs = [str(self._local(i.dst_path)) for i in self.store.items(job.id, "in")]
-            args = (run_attempt, job.workload, job.params, inputs, str(self._local(rel)))
-            key = f"rtlib-job-{job.id}-{attempt}-{token}"
-            submit_job = getattr(self.compute, "submit_job", None)
-            if submit_job is None:
-                fut = self.compute.submit(*args, key=key)
-            else:
-                fut = submit_job(*args, key=key, queue=queue, account=job.account,
-                                 scheduler_account=accounting.scheduler_account(self.settings, job.account))  # fmt: skip
-            self.runs[job.id] = _Run(fut, rel, attempt)
-            self.stats.runs_started += 1
-            started = True
+            with self._job_files(job_id):
+                started |= self._start_run(job)
         return started
+
+    def _start_run(self, job: Job) -> bool:
+        queue = self._admit(job)
+        if queue is None:
+            return False
+        attempt = job.attempts + 1
+        token = uuid.uuid4().hex[:8]
+        rel = layout.attempt_dir(job.id, attempt, token)
+        job = self._move(job, S.RUNNING, f"attempt {attempt} of {job.max_attempts} started in queue {queue}", attempts=attempt, progress=0.0, queue=queue)
+        if job is None:
+            return False
+        staged = self.store.items(job.id, "in")
+        inputs = [str(self._local(i.dst_path)) for i in staged]
+        # the worker checks each input against the checksum verified at stage-in before reading it
+        args = (run_attempt, job.workload, job.params, inputs, str(self._local(rel)), [i.checksum for i in staged])
+        key = f"rtlib-job-{job.id}-{attempt}-{token}"
+        submit_job = getattr(self.compute, "submit_job", None)
+        if submit_job is None:
+            fut = self.compute.submit(*args, key=key)
+        else:
+            fut = submit_job(*args, key=key, queue=queue, account=job.account,
+                             scheduler_account=accounting.scheduler_account(self.settings, job.account))  # fmt: skip
+        self.runs[job.id] = _Run(fut, rel, attempt)
+        self.stats.runs_started += 1
+        return True
 
     def _admit(self, job: Job) -> str | None:
         """The queue a STAGED_IN job runs in, or None after failing it (fits no queue) or holding it (over budget)."""
@@ -613,13 +698,32 @@ class Agent:
                 continue
             changed = True
             self.runs.pop(job_id)
-            try:
-                run.future.result()
-            except BaseException as exc:  # the worker's exception, re-raised here
-                self._run_failed(job, run, exc)
-                continue
-            self._promote(job, run)
+            with self._job_files(job_id):
+                try:
+                    result = run.future.result()
+                except BaseException as exc:  # the worker's exception, re-raised here (a lost worker)
+                    self._run_failed(job, run, exc)
+                    continue
+                if isinstance(result, TaskFailure):
+                    self._attempt_failed(job, run, result)
+                    continue
+                self._promote(job, run)
         return changed
+
+    def _attempt_failed(self, job: Job, run: _Run, failure: TaskFailure) -> None:
+        """The analysis itself failed (it returned its exception): recorded once, as the job's reason."""
+        shutil.rmtree(self._local(run.attempt_dir), ignore_errors=True)
+        log.debug("job %s attempt %s failed on its worker:\n%s", job.id, run.attempt, failure.traceback)
+        os_err = failure.as_os_error()
+        if os_err is not None and fserrors.is_transient(os_err):  # a full scratch, a flaky mount: worth another attempt
+            self._preempted(job, f"attempt {run.attempt}: {fserrors.describe(os_err)}; {fserrors.fix_hint(os_err)}")
+        elif os_err is not None:
+            self._fail(job, f"the {job.workload} analysis met a file-system error: {fserrors.describe(os_err)}; "
+                            f"{fserrors.fix_hint(os_err)}, then retry the job")
+        elif failure.rtlib_error:
+            self._fail(job, f"{failure.type_name}: {failure.message}")
+        else:
+            self._fail(job, f"the {job.workload} analysis raised {failure.type_name}: {failure.message}")
 
     def _run_failed(self, job: Job, run: _Run, exc: BaseException) -> None:
         started = attempt_started(self._local(run.attempt_dir))
@@ -646,7 +750,11 @@ class Agent:
     def _record_run_done(self, job: Job, out: Path, reason: str) -> None:
         import json
 
-        summary = json.loads((out / SUMMARY_FILE).read_text())
+        try:
+            summary = json.loads((out / SUMMARY_FILE).read_text())
+        except ValueError as err:  # damaged on scratch: this job's results cannot be trusted, the agent goes on
+            self._fail(job, f"the analysis summary {out / SUMMARY_FILE} is damaged ({err}); retry the job")
+            return
         job = self._move(job, S.RUN_DONE, reason, summary=summary, progress=1.0)
         if job:
             self._plan_stage_out(job)

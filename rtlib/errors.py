@@ -70,3 +70,23 @@ class NotebookExecutionError(RtlibError):
         self.cell_index = cell_index
         self.ename = ename
         self.evalue = evalue
+
+
+class StoreError(RtlibError):
+    """The job store cannot be used as it is: names the store (password hidden), the cause and the fix."""
+
+
+class StoreReadOnly(StoreError):
+    """The job store refuses writes (a read-only file, a database role without INSERT/UPDATE)."""
+
+
+class StoreLost(StoreError):
+    """The job store vanished or was replaced under a running process: going on would write into the void."""
+
+
+class ResultsRootClaimed(RtlibError):
+    """A results folder belongs to another job store, whose job ids this store's ids would collide with."""
+
+
+class StagedInputChanged(InputDataError):
+    """A staged input's bytes changed between stage-in and analysis (its checksum no longer matches)."""

@@ -7,16 +7,19 @@ import os
 import time
 from dataclasses import dataclass
 
+import sqlalchemy as sa
 from sqlalchemy import exc as sa_exc
 
+from . import logsafe
 from .agent import Agent
 from .compute import ComputeBackend, make_backend
 from .config import Settings, ensure_workspace
 from .errors import RtlibError
-from .store import JobStore, _redact_url
+from .store import JobStore
 from .transfer.base import TransferBackend
 
 log = logging.getLogger("rtlib.runtime")
+logsafe.protect(log)  # messages carry paths and exception text from users: one record, one line
 
 
 @dataclass
@@ -27,6 +30,7 @@ class Runtime:
     compute: ComputeBackend | None = None
 
     def agent(self, site: str = "local", **kwargs) -> Agent:
+        self.store.require_writable()  # before starting workers: a read-only store is a clear error at once
         if self.compute is None:
             self.compute = make_backend(self.settings.site(site))
             self.compute.start()
@@ -49,7 +53,7 @@ def open_store(url: str, *, wait_s: float = 0.0) -> JobStore:
             return JobStore(url)
         except sa_exc.OperationalError as err:
             if time.monotonic() + delay > deadline:
-                shown = _redact_url(url)  # also ?password= in the query, which psycopg reads
+                shown = sa.engine.make_url(url).render_as_string(hide_password=True)
                 raise RtlibError(
                     f"job store {shown} unreachable{f' for {wait_s:g} s' if wait_s else ''}: {str(err.orig or err).splitlines()[0]}; "
                     "check that the database is running and the URL is right"

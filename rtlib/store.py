@@ -4,21 +4,30 @@ SQLite (WAL) by default, PostgreSQL by URL. Every state change is a
 compare-and-set on (state, lease owner) committed together with its event
 row, so two agents can never both make the same step, and a restarted agent
 finds each job exactly where the last committed step left it.
+
+Each store has an identity: a random id recorded when its tables are made
+(results folders record it, so a new store never overwrites an old store's
+results), and, for SQLite, the file it was opened on: `check_alive` tells
+a process whose file was deleted or replaced under it, instead of letting
+it write on into an unlinked file. A store that refuses writes raises
+StoreReadOnly, in one sentence, instead of a driver traceback.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 import time
+import urllib.parse
+import uuid
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Sequence
 
 import sqlalchemy as sa
 from sqlalchemy import event as sa_event
 
-from . import store_url
-from .errors import JobNotFound
+from .errors import JobNotFound, StoreLost, StoreReadOnly
 from .states import ACTIVE, State, check_transition
 
 metadata = sa.MetaData()
@@ -105,6 +114,15 @@ budgets_t = sa.Table(
     sa.Column("account", sa.String(128), primary_key=True),
     sa.Column("node_hours", sa.Float, nullable=False),
     sa.Column("updated_at", sa.Float, nullable=False),
+)
+
+
+# One row per key; "store_id" is the store's random identity, written once with the tables.
+meta_t = sa.Table(
+    "rtlib_meta",
+    metadata,
+    sa.Column("key", sa.String(64), primary_key=True),
+    sa.Column("value", sa.Text, nullable=False),
 )
 
 
@@ -221,14 +239,30 @@ def _sqlite_pragmas(dbapi_conn, _record) -> None:
 
 
 def _redact_url(url: str) -> str:
-    return store_url.redact(url)  # the user info's password and ?password=, ?sslpassword= ... (psycopg reads those too)
+    return sa.engine.make_url(url).render_as_string(hide_password=True)
+
+
+def _sqlite_file(engine: sa.Engine) -> str | None:
+    """The absolute path of a SQLite store's file; None for other databases and in-memory SQLite."""
+    if engine.dialect.name != "sqlite":
+        return None
+    database = engine.url.database
+    if not database or database == ":memory:" or database.startswith("file:"):
+        return None
+    return os.path.abspath(database)
+
+
+def _refuses_writes(err: BaseException | None) -> bool:
+    """SQLite's READONLY codes (a read-only file or mount); PostgreSQL's insufficient privilege or read-only transaction."""
+    if isinstance(err, sqlite3.Error):
+        return (getattr(err, "sqlite_errorname", "") or "").startswith("SQLITE_READONLY") or "readonly database" in str(err)
+    return getattr(err, "sqlstate", None) in ("42501", "25006")
 
 
 class JobStore:
     """All reads and writes of jobs go through here."""
 
     def __init__(self, url: str):
-        store_url.check(url)  # refused without echoing it: an unescaped '@' would put the password into the host name
         self.url = url
         kwargs: dict[str, Any] = {"future": True}
         if url.startswith("sqlite"):
@@ -236,24 +270,108 @@ class JobStore:
         else:
             kwargs["pool_pre_ping"] = True
         self.engine = sa.create_engine(url, **kwargs)
+        self.read_only = False  # True when the store answers reads but refuses writes
+        self.store_id: str | None = None
+        self._file = _sqlite_file(self.engine)
+        self._file_identity: tuple[int, int] | None = None
         if url.startswith("sqlite"):
             sa_event.listen(self.engine, "connect", _sqlite_pragmas)
-        with store_url.scrubbed(url):  # the first connection: a driver's message must not carry the password
-            self._create_schema()
+            sa_event.listen(self.engine, "do_connect", self._sqlite_no_create)
+        sa_event.listen(self.engine, "handle_error", self._explain_error)
+        self._create_schema()
+        if self._file is not None:
+            st = os.stat(self._file)
+            self._file_identity = (st.st_dev, st.st_ino)
 
     def __repr__(self) -> str:
         return f"JobStore({_redact_url(self.url)!r})"
 
+    def _sqlite_no_create(self, _dialect, _conn_rec, cargs, cparams) -> None:
+        # Once the store exists, a new connection must find that file: SQLite would otherwise create an
+        # empty one where a deleted store was, and this process would go on in a fresh store.
+        if self._file_identity is not None and cargs:
+            cargs[0] = f"file:{urllib.parse.quote(self._file)}?mode=rw"
+            cparams["uri"] = True
+
+    def _explain_error(self, context) -> None:
+        err = context.original_exception
+        if self._file_identity is not None:
+            self.check_alive()  # a vanished file explains any error that follows it
+        if _refuses_writes(err):
+            raise self._read_only_error(str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__) from None
+
+    def _read_only_error(self, cause: str) -> StoreReadOnly:
+        return StoreReadOnly(
+            f"job store {_redact_url(self.url)} is read-only for this process ({cause}); give this user write access to it "
+            "(the file and its folder for SQLite; INSERT, UPDATE, DELETE on its tables for PostgreSQL), or set store_url "
+            "($RTLIB_STORE_URL) to a store it may write"
+        )
+
     def _create_schema(self) -> None:
         # Agents, the CLI and the Jupyter server may open a fresh database at the same
         # moment: without a lock, all but one die on "table jobs already exists".
+        try:
+            with self.engine.connect() as conn:
+                if conn.dialect.name == "sqlite":
+                    conn.exec_driver_sql("BEGIN IMMEDIATE")  # the write lock; others wait (busy_timeout)
+                elif conn.dialect.name == "postgresql":
+                    conn.execute(sa.text("SELECT pg_advisory_xact_lock(:key)"), {"key": _SCHEMA_LOCK_KEY})
+                metadata.create_all(conn)
+                self.store_id = self._read_store_id(conn)
+                if self.store_id is None:
+                    self.store_id = uuid.uuid4().hex
+                    conn.execute(meta_t.insert().values(key="store_id", value=self.store_id))
+                conn.commit()
+        except StoreReadOnly:
+            # readers (`rtlib status`, the REST API) may still use a complete store; every write says it is read-only
+            with self.engine.connect() as conn:
+                present = {t.name for t in metadata.sorted_tables if sa.inspect(conn).has_table(t.name)}
+                if present | {meta_t.name} != {t.name for t in metadata.sorted_tables}:
+                    raise
+                self.store_id = self._read_store_id(conn) if meta_t.name in present else None  # a store older than ids
+            self.read_only = True
+
+    @staticmethod
+    def _read_store_id(conn: sa.Connection) -> str | None:
+        return conn.execute(sa.select(meta_t.c.value).where(meta_t.c.key == "store_id")).scalar()
+
+    # -- identity ---------------------------------------------------------
+    def check_alive(self) -> None:
+        """Raise StoreLost when this SQLite store's file was deleted, moved or replaced since it was opened."""
+        if self._file_identity is None:
+            return
+        try:
+            st = os.stat(self._file)
+        except FileNotFoundError:
+            what = "was deleted or moved"
+        else:
+            if (st.st_dev, st.st_ino) == self._file_identity:
+                return
+            what = "was replaced by another file"
+        raise StoreLost(
+            f"the job store file {self._file} {what} while this process used it; it stops rather than record jobs into a "
+            "file no one will read. Restore the store from a backup (or move it back), then start it again; a new, empty "
+            "store restarts job ids at 1 and may not deliver into results folders of the old one"
+        )
+
+    def verify_identity(self) -> None:
+        """Raise StoreLost when the database now answering is another store (dropped and created again, restored elsewhere)."""
+        self.check_alive()
         with self.engine.connect() as conn:
-            if conn.dialect.name == "sqlite":
-                conn.exec_driver_sql("BEGIN IMMEDIATE")  # the write lock; others wait (busy_timeout)
-            elif conn.dialect.name == "postgresql":
-                conn.execute(sa.text("SELECT pg_advisory_xact_lock(:key)"), {"key": _SCHEMA_LOCK_KEY})
-            metadata.create_all(conn)
-            conn.commit()
+            current = self._read_store_id(conn)
+        if current != self.store_id:
+            raise StoreLost(
+                f"job store {_redact_url(self.url)} is now another store (id {current}, was {self.store_id}): it was "
+                "dropped and made again under this process; restore the old one, or restart the process on the new store"
+            )
+
+    def require_writable(self) -> None:
+        """Raise StoreReadOnly now, before any work, when this store refuses writes (probed, rolled back)."""
+        if self.read_only:
+            raise self._read_only_error("it refused to record anything when opened")
+        with self.engine.connect() as conn:
+            conn.execute(jobs_t.update().where(jobs_t.c.id == -1).values(updated_at=jobs_t.c.updated_at))
+            conn.rollback()
 
     def close(self) -> None:
         self.engine.dispose()

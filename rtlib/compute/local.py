@@ -16,6 +16,7 @@ try:  # the class moved between distributed releases
 except ImportError:  # pragma: no cover
     from distributed import KilledWorker  # type: ignore
 
+from .. import logsafe
 from ..errors import ComputeStartError, WorkerLost
 from .base import ComputeBackend
 
@@ -40,6 +41,7 @@ class _Task:
             self.future.cancel()
 
 log = logging.getLogger("rtlib.compute")
+logsafe.protect(log)  # messages carry paths and exception text from users: one record, one line
 
 
 class LocalDaskBackend(ComputeBackend):

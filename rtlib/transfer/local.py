@@ -15,7 +15,6 @@ import logging
 import os
 import random
 import re
-import secrets
 import stat
 import threading
 import time
@@ -23,15 +22,16 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import suppress
 from pathlib import Path
 
+from .. import fserrors, logsafe
 from ..errors import ChecksumMismatch, EndpointError, InputDataError, PathOutsideRoot, RtlibError, TransferError
-from .base import OutcomeCallback, ProgressCallback, TransferBackend, TransferOutcome, TransferRequest
+from .base import TEMP_MARKER, OutcomeCallback, ProgressCallback, TransferBackend, TransferOutcome, TransferRequest, temp_name
 from .checksum import file_checksum, new_hasher
 from .faults import Fault, FaultInjector
 from .shaping import TokenBucket, consume_all, shaped_chunk_bytes
 
 log = logging.getLogger(__name__)
+logsafe.protect(log)  # messages carry paths and exception text from users: one record, one line
 
-TEMP_MARKER = ".rtlib-tmp-"
 _TEMP_RE = re.compile(r"^\..*\.rtlib-tmp-(?:(\d+)-)?[0-9a-f]+$")
 # retrying cannot fix these: the same call will fail the same way
 _PERMANENT_ERRNOS = {
@@ -43,11 +43,6 @@ _PERMANENT_ERRNOS = {
 def is_temporary(name: str) -> bool:
     """True for the hidden name of an unfinished copy."""
     return bool(_TEMP_RE.match(name))
-
-
-def _temp_name(final_name: str) -> str:
-    # the pid lets clean_temporaries tell a dead process's leftovers from a live copy's
-    return f".{final_name[:100]}{TEMP_MARKER}{os.getpid()}-{secrets.token_hex(6)}"
 
 
 def _inside(path: str, root: str) -> bool:
@@ -185,6 +180,8 @@ class LocalTransferBackend(TransferBackend):
                 f"{path!r} does not exist on endpoint {endpoint!r} (looked for {real}); "
                 "check the path, or wait until the detector has finished writing it"
             ) from None
+        except OSError as err:  # a folder on the way that is unreadable, or a file where a folder should be
+            raise InputDataError(f"cannot look at {path!r} on endpoint {endpoint!r}: {fserrors.describe(err)}; {fserrors.fix_hint(err)}") from None
         if stat.S_ISREG(st.st_mode):
             return [(rel, st.st_size)]
         if not stat.S_ISDIR(st.st_mode):
@@ -203,7 +200,7 @@ class LocalTransferBackend(TransferBackend):
             )
 
         def unreadable(err: OSError) -> None:
-            raise InputDataError(f"cannot read directory {err.filename} on endpoint {endpoint!r}: {err.strerror}; fix its permissions")
+            raise InputDataError(f"cannot read a directory on endpoint {endpoint!r}: {fserrors.describe(err)}; {fserrors.fix_hint(err)}")
 
         # symlinked directories are followed (inside the root only), so a listing shows the names people see;
         # a directory already on the path walked down to it is not entered again, so link cycles end
@@ -343,7 +340,7 @@ class LocalTransferBackend(TransferBackend):
                 return done, src_st.st_size
             fault = self.faults.next_fault() if self.faults is not None else Fault.NONE
             dst.parent.mkdir(parents=True, exist_ok=True)
-            tmp = dst.parent / _temp_name(dst.name)
+            tmp = dst.parent / temp_name(dst.name)
             with self._active_lock:
                 self._active.add(str(tmp))
             try:
@@ -412,24 +409,25 @@ class LocalTransferBackend(TransferBackend):
     def _os_error(self, err: OSError, req: TransferRequest, src: Path) -> TransferError:
         where = self._describe(req)
         path = err.filename or "?"
+        code = errno.errorcode.get(err.errno, "no errno")  # named in every message: the fix depends on it
         if isinstance(err, FileNotFoundError) and path == str(src):
             return TransferError(f"source {req.src_endpoint}:{req.src_path} disappeared while copying {where}; check who removes it", permanent=True)
         if isinstance(err, PermissionError):
             return TransferError(
-                f"permission denied on {path} while copying {where}; let the user running rtlib (uid {os.getuid()}) read the source "
-                "and write the destination directory",
+                f"permission denied ({code}) on {path} while copying {where}; let the user running rtlib (uid {os.getuid()}) "
+                "read the source and write the destination directory",
                 permanent=True,
             )
         if err.errno in (errno.EEXIST, errno.ENOTDIR):
             return TransferError(
-                f"cannot copy {where}: {path} is a file where a directory is needed; remove it or choose another destination",
+                f"cannot copy {where}: {path} is a file where a directory is needed ({code}); remove it or choose another destination",
                 permanent=True,
             )
         if err.errno in _PERMANENT_ERRNOS:
-            return TransferError(f"cannot copy {where}: {err.strerror} ({path}); fix the path or the filesystem", permanent=True)
+            return TransferError(f"cannot copy {where}: {err.strerror} ({code}) on {path}; fix the path or the filesystem", permanent=True)
         if err.errno == errno.ENOSPC:
-            return TransferError(f"no space left on the device holding {path} while copying {where}; free space there", permanent=False)
-        return TransferError(f"copying {where} failed: {err.strerror or err} ({path})", permanent=False)
+            return TransferError(f"no space left ({code}) on the device holding {path} while copying {where}; free space there", permanent=False)
+        return TransferError(f"copying {where} failed: {err.strerror or err} ({code}) on {path}", permanent=False)
 
     def close(self) -> None:
         pass  # thread pools live only as long as one batch
