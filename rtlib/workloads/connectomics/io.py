@@ -31,10 +31,13 @@ import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Annotated, Any
 
 import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from ...errors import InputDataError
+from ...safetext import shown
 
 LAYOUT = "layout.json"
 TILE_PATTERN = re.compile(r"^tile_(\d+)_(\d+)\.(png|tif|tiff)$", re.IGNORECASE)
@@ -59,6 +62,56 @@ class Layout:
                 self.cols * (self.tile_px[1] - self.overlap_px) + self.overlap_px)
 
 
+# What a layout.json may ask for. Tiles are decoded whole and a section's tiles and mosaic are held in
+# memory together, so each is bounded before anything is allocated.
+MAX_LAYOUT_FILE_BYTES = 2**20  # layout.json is a few lines
+MAX_TILE_SIDE_PX = 32768  # a decoded tile of 32768 x 32768 px is 1 GiB
+MAX_GRID_SIDE_TILES = 1024  # rows or cols of a section's tile grid
+MAX_LENGTH_NM = 1e6  # pixel size or section thickness: beyond 1 mm is a unit mistake
+MAX_SECTION_BYTES = 16 * 2**30  # one section's tiles + its stitched mosaic, in memory at once
+MAX_RESULT_BYTES = 2**40  # every array of the result Zarr group, all sections (1 TiB)
+# bytes of the result per pixel of the output frame: image, mask, boundary, foreground and mosaic (uint8) and segmentation (uint32)
+RESULT_BYTES_PER_FRAME_PX = 5 + 4
+
+TileSide = Annotated[int, Field(ge=2, le=MAX_TILE_SIDE_PX)]
+GridSide = Annotated[int, Field(ge=1, le=MAX_GRID_SIDE_TILES)]
+LengthNm = Annotated[float, Field(gt=0, le=MAX_LENGTH_NM, allow_inf_nan=False)]
+
+
+class LayoutFile(BaseModel):
+    """layout.json, strictly: whole numbers are JSON integers (1.5 rows is refused, not cut to 1), never text."""
+
+    model_config = ConfigDict(strict=True, extra="ignore")  # other keys (a microscope's metadata) are left alone
+
+    tile_size_px: tuple[TileSide, TileSide]
+    overlap_px: Annotated[int, Field(ge=1, lt=MAX_TILE_SIDE_PX)]
+    pixel_size_nm: LengthNm
+    section_thickness_nm: LengthNm
+    rows: GridSide | None = None
+    cols: GridSide | None = None
+
+    @field_validator("tile_size_px", mode="before")
+    @classmethod
+    def _square(cls, value: Any) -> Any:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return (value, value)  # one number: a square tile
+        if not isinstance(value, (list, tuple)):
+            raise ValueError("must be an integer n or a pair [h, w] of integers")
+        return tuple(value)  # strict: a tuple field takes no list once out of JSON
+
+
+def _layout_problem(path: Path, err: ValidationError) -> InputDataError:
+    problems = []
+    for e in err.errors()[:6]:
+        field = ".".join(str(p) for p in e["loc"]) or "(the whole file)"
+        value = e["input"]
+        value = shown(value) if isinstance(value, (str, int, float, type(None))) else "an object" if isinstance(value, dict) else "an array"
+        problems.append(f"{field} = {value}: {e['msg'].removeprefix('Value error, ')}")
+    return InputDataError(f"{path}: {'; '.join(dict.fromkeys(problems))}. Fix {LAYOUT}: tile_size_px n or [h, w] "
+                          f"(integers 2..{MAX_TILE_SIDE_PX}), overlap_px an integer, pixel_size_nm and section_thickness_nm "
+                          f"numbers > 0, rows and cols integers 1..{MAX_GRID_SIDE_TILES}")  # fmt: skip
+
+
 def find_root(inputs: list[Path]) -> Path:
     """The input directory: one given as such, or the folder of a staged layout.json (the shallowest)."""
     paths = [Path(p) for p in inputs]
@@ -77,30 +130,57 @@ def find_root(inputs: list[Path]) -> Path:
 
 
 def read_layout(root: Path) -> Layout:
+    """layout.json checked (types, ranges, and the size of what it asks for) before anything is allocated."""
     path = root / LAYOUT
     try:
-        raw = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as err:
-        raise InputDataError(f"{path} is not readable JSON ({err}); rewrite it (see the README for its keys)") from None
+        if path.stat().st_size > MAX_LAYOUT_FILE_BYTES:
+            raise InputDataError(f"{path} is {path.stat().st_size} bytes, more than {MAX_LAYOUT_FILE_BYTES} "
+                                 f"(MAX_LAYOUT_FILE_BYTES); a {LAYOUT} is a few lines: rewrite it")  # fmt: skip
+        text = path.read_text()
+        raw = json.loads(text)
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError) as err:
+        raise InputDataError(f"{path} is not readable JSON ({type(err).__name__}: {str(err)[:200]}); rewrite it "
+                             "(see the README for its keys)") from None  # fmt: skip
+    if not isinstance(raw, dict):
+        raise InputDataError(f"{path} holds a JSON {type(raw).__name__}, not an object; rewrite it (see the README for its keys)")
     missing = [k for k in ("tile_size_px", "overlap_px", "pixel_size_nm", "section_thickness_nm") if k not in raw]
     if missing:
         raise InputDataError(f"{path} lacks {', '.join(missing)}; add them (tile size and overlap in px, sizes in nm)")
-    tile = raw["tile_size_px"]
-    tile = (int(tile), int(tile)) if isinstance(tile, (int, float)) else (int(tile[0]), int(tile[1]))
-    overlap = int(raw["overlap_px"])
-    if min(tile) <= 0 or not 0 < overlap < min(tile):
-        raise InputDataError(f"{path}: tile_size_px {tile} and overlap_px {overlap} are inconsistent (need 0 < overlap < tile)")
-    for key in ("pixel_size_nm", "section_thickness_nm"):
-        if not float(raw[key]) > 0:
-            raise InputDataError(f"{path}: {key} = {raw[key]} must be > 0")
-    rows, cols = raw.get("rows"), raw.get("cols")
+    try:
+        spec = LayoutFile.model_validate_json(text)
+    except ValidationError as err:
+        raise _layout_problem(path, err) from None
+    tile = spec.tile_size_px
+    if not spec.overlap_px < min(tile):
+        raise InputDataError(f"{path}: tile_size_px {tile} and overlap_px {spec.overlap_px} are inconsistent (need 0 < overlap < tile)")
+    sections = section_dirs(root)
+    rows, cols = spec.rows, spec.cols
     if rows is None or cols is None:
-        first = section_dirs(root)[0]
-        keys = [tile_key(p) for p in first.iterdir() if tile_key(p)]
+        keys = [tile_key(p) for p in sections[0].iterdir() if tile_key(p)]
         if not keys:
-            raise InputDataError(f"section {first} holds no tile_RR_CC.png files")
+            raise InputDataError(f"section {sections[0]} holds no tile_RR_CC.png files")
         rows, cols = max(k[0] for k in keys) + 1, max(k[1] for k in keys) + 1
-    return Layout(tile, overlap, int(rows), int(cols), float(raw["pixel_size_nm"]), float(raw["section_thickness_nm"]))
+        if max(rows, cols) > MAX_GRID_SIDE_TILES:
+            raise InputDataError(f"section {sections[0]} has tiles up to tile_{rows - 1:02d}_{cols - 1:02d}: a grid of {rows} x {cols}, "
+                                 f"more than {MAX_GRID_SIDE_TILES} (MAX_GRID_SIDE_TILES) a side; remove the stray tiles")  # fmt: skip
+    layout = Layout(tile, spec.overlap_px, rows, cols, spec.pixel_size_nm, spec.section_thickness_nm)
+    _check_size(path, layout, len(sections))
+    return layout
+
+
+def _check_size(path: Path, layout: Layout, sections: int) -> None:
+    """Refuse a layout whose section (in memory) or result (on disk) would exceed its cap."""
+    h, w = layout.frame_shape
+    tiles_px = layout.rows * layout.cols * layout.tile_px[0] * layout.tile_px[1]
+    section_bytes = tiles_px + h * w
+    result_bytes = sections * (tiles_px + RESULT_BYTES_PER_FRAME_PX * h * w + 16 * layout.rows * layout.cols)
+    grid = f"{layout.rows} x {layout.cols} tiles of {layout.tile_px[0]} x {layout.tile_px[1]} px"
+    if section_bytes > MAX_SECTION_BYTES:
+        raise InputDataError(f"{path}: one section of {grid} needs {section_bytes / 2**30:.4g} GiB in memory, more than the cap of "
+                             f"{MAX_SECTION_BYTES / 2**30:g} GiB (MAX_SECTION_BYTES); check tile_size_px, rows and cols")  # fmt: skip
+    if result_bytes > MAX_RESULT_BYTES:
+        raise InputDataError(f"{path}: {sections} sections of {grid} make a result of {result_bytes / 2**40:.4g} TiB, more than the "
+                             f"cap of {MAX_RESULT_BYTES / 2**40:g} TiB (MAX_RESULT_BYTES); split the stack into smaller jobs")  # fmt: skip
 
 
 def tile_key(path: Path) -> tuple[int, int] | None:
@@ -158,6 +238,11 @@ def read_section(folder: Path, layout: Layout) -> dict[tuple[int, int], np.ndarr
     if not files:
         raise InputDataError(f"section {folder} is empty: no tile_RR_CC.png files; re-acquire or remove the section")
     expected = {(r, c) for r in range(layout.rows) for c in range(layout.cols)}
+    stray = sorted(set(files) - expected)
+    if stray:  # the layout's rows and cols would silently leave them out of the mosaic
+        names = ", ".join(f"tile_{r:02d}_{c:02d}" for r, c in stray[:8])
+        raise InputDataError(f"section {folder} holds {len(stray)} tile(s) outside the {LAYOUT} grid of {layout.rows} x {layout.cols} "
+                             f"({names}); correct rows and cols in {LAYOUT}, or remove those tiles")  # fmt: skip
     missing = sorted(expected - set(files))
     if missing:
         names = ", ".join(f"tile_{r:02d}_{c:02d}" for r, c in missing[:8])
