@@ -59,22 +59,30 @@ class RtlibHandler(APIHandler):
             super().set_cors_headers()
 
     async def prepare(self) -> None:
-        self._body = bytearray()
-        self._body_over_limit = False
-        limit = self.rtlib_options["max_body_bytes"]
-        declared = self.request.headers.get("Content-Length")
-        if declared is not None and not re.fullmatch(r"[0-9]+", declared):
-            self._reply_error(ApiError(400, f"Content-Length {declared[:40]!r} is not a number of bytes"))
-            return
-        if declared is not None and (len(declared) > 18 or int(declared) > limit):
-            self._reply_error(ApiError(413, f"request body of {declared} bytes is over the limit of {limit} bytes; "
-                                            "send less (a job names its files, it does not carry them)"))
+        self._body, self._body_over_limit = bytearray(), False
+        refusal = self._size_refusal()
+        if refusal is not None:
+            self._reply_error(refusal)
             return
         if hasattr(self.request.connection, "set_max_body_size"):  # a chunked body has no Content-Length: cut it off there
-            self.request.connection.set_max_body_size(limit)
+            self.request.connection.set_max_body_size(self.rtlib_options["max_body_bytes"])
         await super().prepare()  # identity, CORS headers, XSRF; 403 for a request without a known user
         if self.current_user is None and self.request.method != "OPTIONS" and not self._finished:
             raise tornado.web.HTTPError(403)
+
+    def _size_refusal(self) -> ApiError | None:
+        """The body judged by its Content-Length, on the headers alone: nothing of it has been read yet."""
+        limit = self.rtlib_options["max_body_bytes"]
+        declared = self.request.headers.get("Content-Length")
+        if declared is None:
+            return None
+        shown = declared[:20] + ("..." if len(declared) > 20 else "")
+        if not re.fullmatch(r"[0-9]+", declared):
+            return ApiError(400, f"Content-Length {shown!r} is not a number of bytes")
+        if len(declared) > 18 or int(declared) > limit:
+            return ApiError(413, f"request body of {shown} bytes is over the limit of {limit} bytes; "
+                                 "send less (a job names its files, it does not carry them)")
+        return None
 
     def data_received(self, chunk: bytes) -> None:
         if len(self._body) + len(chunk) > self.rtlib_options["max_body_bytes"]:
@@ -119,7 +127,8 @@ class RtlibHandler(APIHandler):
     def query(self, model: type[ModelT], **more: str) -> ModelT:
         """The query string as `model` (400 naming the field at fault); `more`: values from headers, by their alias."""
         values = {name: self.get_argument(name) for name in self.request.query_arguments if name not in _AUTH_QUERY}
-        return parse(model, {**values, **more}, "a query")
+        given = {name: value for name, value in {**values, **more}.items() if value != ""}  # `?state=`: no filter
+        return parse(model, given, "a query")
 
     def path_id(self, name: str, text: str) -> int:
         return getattr(parse(IdPath, {name: text}, "a path"), name)

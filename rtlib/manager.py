@@ -4,8 +4,11 @@ The Jupyter layer only wires HTTP (or a widget, or a magic) to a `JobManager`;
 every rule lives here or below, and is tested without a server. Errors are
 `ApiError`s carrying an HTTP status and, for a bad field, its name.
 
+A request's fields are first validated by the models of rtlib.api_models
+(strict types, unknown fields refused, integers within the store's range).
 Every path a request names is checked against its endpoint's root here,
-before anything is recorded or copied. Ad-hoc transfers (outside any job)
+before anything is recorded or copied; no copy or job result may land in a
+site scratch's job area (rtlib.transfer.destinations). Ad-hoc transfers (outside any job)
 are tracked in memory by `rtlib.transfer.adhoc`; job events come from the
 store's append-only event log, newest id last, for the live event stream.
 """
@@ -308,14 +311,9 @@ class JobManager:
         """Body (rtlib.api_models.TransferRequest): source and destination, each {endpoint, path} or ENDPOINT:PATH.
         Refused (400) before anything is written; no destination may lie in a scratch's job area."""
         req = parse(TransferRequest, body, "the body must be a JSON object with source and destination")
-        where = {}
-        for key in ("source", "destination"):
-            ep, path = getattr(req, key)
-            if key == "destination":
-                self.check_destination(ep, path, key)
-            else:
-                self.check_path(ep, path, key)
-            where[key] = f"{ep}:{path}"
+        self.check_path(*req.source, "source")
+        self.check_destination(*req.destination, "destination")
+        where = {key: ":".join(getattr(req, key)) for key in ("source", "destination")}
         try:
             return self.adhoc.start(where["source"], where["destination"])
         except InputDataError as err:  # nothing at the source path
