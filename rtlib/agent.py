@@ -174,6 +174,8 @@ class Agent:
                 except sa_exc.DBAPIError as err:  # the store restarted or the network dropped
                     log.warning("job store unreachable (%s); retrying in %.1f s", type(err.orig or err).__name__, store_backoff_s)
                     self._reset()
+                    if deadline and time.monotonic() + store_backoff_s > deadline:
+                        break  # --max-seconds holds while the store is away too
                     time.sleep(store_backoff_s)
                     store_backoff_s = min(store_backoff_s * 2, 10.0)
                     continue
