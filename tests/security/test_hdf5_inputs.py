@@ -278,3 +278,26 @@ def test_xpcs_on_a_stack_of_the_wrong_rank_names_xpcs(tmp_path, shape):
     message = str(err.value)
     assert "xpcs needs a 3-D stack (frames, y, x)" in message and "saxs" not in message
     assert f"dataset {DATA} has shape {shape} ({len(shape)}-D" in message
+
+
+def test_laue_reads_row_blocks_within_the_memory_budget(tmp_path, monkeypatch):
+    """saxs and xpcs cap the frames they hold at once; laue reads all wire steps of a block of rows, which a
+    crafted (steps, y, x) shape could make any size: the block is capped the same way, whatever rows_per_block."""
+    from rtlib.workloads.laue import reader, reconstruct
+
+    path = _write_honest("laue", tmp_path / "scan.h5")
+    with h5py.File(path, "r") as f:
+        steps, height, width = f[DATA].shape
+    whole = _run("laue", [path], tmp_path / "whole")
+    monkeypatch.setattr(reconstruct, "BLOCK_BUDGET_BYTES", 3 * 8 * steps * width, raising=False)  # 3 rows, float64
+    blocks = []
+    real_read_rows = reader.read_rows
+
+    def recording(path, dataset_path, row_start, row_stop, *args):
+        blocks.append(row_stop - row_start)
+        return real_read_rows(path, dataset_path, row_start, row_stop, *args)
+
+    monkeypatch.setattr(reader, "read_rows", recording)
+    capped = _run("laue", [path], tmp_path / "capped")
+    assert blocks == [3] * (height // 3) + ([height % 3] if height % 3 else [])
+    assert capped["peaks"] == whole["peaks"] and capped["num_peaks"] == whole["num_peaks"]
