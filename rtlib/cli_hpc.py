@@ -7,6 +7,7 @@ The command only wires rtlib.accounting; `--set ACCOUNT=HOURS` changes a budget 
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import List, Optional
 
@@ -42,7 +43,7 @@ def accounts(
                 value = float(hours)
             except ValueError:
                 value = -1.0
-            if not sep or value < 0:
+            if not sep or not 0 <= value < math.inf:  # NaN compares false: it would pass `value < 0`
                 err_console.print(f"[red]error:[/] --set {item!r}: give ACCOUNT=NODE_HOURS with a number >= 0, e.g. rtlib::aps=250")
                 raise typer.Exit(2)
             if name not in settings.accounts:

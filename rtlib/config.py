@@ -238,6 +238,14 @@ class Settings(_Strict):
             bl.allowed_endpoints = list(dict.fromkeys([bl.endpoint, *listed]))
         return self
 
+    def __repr_args__(self):  # repr(settings) in a log or a failed test's output: no store password
+        for name, value in super().__repr_args__():
+            if name == "store_url" and value:
+                from .store_url import redact
+
+                value = redact(value)
+            yield name, value
+
     @property
     def store(self) -> str:
         return self.store_url or f"sqlite:///{self.workspace / 'rtlib.db'}"

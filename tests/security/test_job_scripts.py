@@ -227,3 +227,12 @@ def test_the_backend_fails_a_job_with_a_crafted_account_before_any_scheduler_is_
     finally:
         backend.close()
     assert not calls.exists(), calls.read_text()
+
+
+@pytest.mark.parametrize("hours", ["nan", "inf"])
+def test_cli_accounts_set_refuses_a_budget_that_is_not_a_finite_number(tmp_path, hours):
+    """A NaN budget compares false with every request: its account would never be held."""
+    env = {**os.environ, "RTLIB_CONFIG": "", "RTLIB_WORKSPACE": str(tmp_path / "ws"), "COLUMNS": "200"}
+    run = subprocess.run([sys.executable, "-m", "rtlib.cli", "accounts", "--set", f"rtlib::aps={hours}", "--json"],
+                         capture_output=True, text=True, env=env, timeout=120)  # fmt: skip
+    assert run.returncode == 2 and "NODE_HOURS" in run.stderr, (run.stdout, run.stderr)

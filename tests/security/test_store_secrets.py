@@ -95,6 +95,7 @@ def test_library_refusals_and_messages_carry_no_password(tmp_path, monkeypatch):
         shown = cfg.redacted(settings)["store_url"]
         _no_secret(shown)
         assert "***" in shown
+        _no_secret(repr(settings) + str(settings))  # a settings object in a log line or a failed test's output
 
 
 @pytest.mark.parametrize("where", ["userinfo", "query"])
