@@ -1,4 +1,4 @@
-"""Security review checks that belong to no single module (issue 10): crafted inputs and leaked secrets."""
+"""Security review checks of issue 10 that belong to no single module: crafted shapes, truncated files, leaked secrets."""
 
 from __future__ import annotations
 
@@ -126,6 +126,10 @@ def test_result_zarr_with_huge_chunks_is_refused_before_reading(tmp_path):
     group.attrs["scale_nm"] = [40.0, 4.0, 4.0]
     group.create_array("image", shape=(4096, 65536, 65536), chunks=(4096, 65536, 65536), dtype="uint8")
     group.create_array("segmentation", shape=(8, 8, 8), chunks=(8, 8, 8), dtype="uint32")
+    # The reader imports dask.array lazily, which can import xarray and pandas (tens of MiB of modules):
+    # import them first, so that the peak measured is the data read, not the code loaded.
+    import dask.array  # noqa: F401
+
     tracemalloc.start()
     with pytest.raises(InputDataError, match=r"array 'image' declares chunks of 4096 x 65536 x 65536 uint8 .* damaged or crafted"):
         read_result(tmp_path / "crafted.zarr")
