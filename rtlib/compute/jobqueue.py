@@ -45,7 +45,7 @@ from typing import Any, Callable
 import dask
 
 from .. import safetext as st
-from ..config import JobqueueOptions, Queue, Site
+from ..config import MAX_WALLTIME_MIN, JobqueueOptions, Queue, Site
 from ..errors import RtlibError, WorkerLost
 from .base import ComputeBackend
 
@@ -64,8 +64,11 @@ class UnsafeJobScript(RtlibError):
 
 # -- job scripts ---------------------------------------------------------------
 def _walltime(minutes: float) -> str:
+    if not 0 < minutes <= MAX_WALLTIME_MIN:  # NaN and inf too (a Site built in code skips the config's bounds)
+        raise UnsafeJobScript(f"a batch walltime of {minutes!r} min is not in (0, {MAX_WALLTIME_MIN}]; check the queue's "
+                              "max_walltime_min and job_walltime_min")  # fmt: skip
     total = int(round(minutes * 60))
-    return f"{total // 3600:02d}:{total % 3600 // 60:02d}:{total % 60:02d}"
+    return st.check("walltime", f"{total // 3600:02d}:{total % 3600 // 60:02d}:{total % 60:02d}", st.WALLTIME)
 
 
 def _command(opts: JobqueueOptions, name: str) -> str:
@@ -554,11 +557,9 @@ class JobqueueBackend(ComputeBackend):
             submit_command = _command(backend.opts, job_cls.submit_command.split()[0]) + job_cls.submit_command[len(submit_cmd):]
             cancel_command = _command(backend.opts, cancel_cmd)
 
-            def job_script(self) -> str:  # what start() writes and submits
-                return check_script(super().job_script(), backend.site, pool.queue)
-
             async def start(self):
                 try:
+                    check_script(self.job_script(), backend.site, pool.queue)  # the script super().start() writes and submits
                     await super().start()
                 except Exception as err:
                     with pool.lock:

@@ -189,6 +189,10 @@ def test_a_site_changed_in_code_cannot_smuggle_a_line_into_the_script(open_setti
     site.jobqueue.prologue.append("echo ok\rtouch ~/pwned")
     with pytest.raises(RtlibError, match="prologue"):
         job_script(site, "demand", "proj")
+    site.jobqueue.prologue.clear()
+    site.queues[0].max_walltime_min = math.inf  # int(round(inf)) was an OverflowError traceback
+    with pytest.raises(RtlibError, match="walltime"):
+        job_script(site, "demand", "proj")
 
 
 @pytest.mark.parametrize("key, value", [
