@@ -7,7 +7,6 @@ import os
 import time
 from dataclasses import dataclass
 
-import sqlalchemy as sa
 from sqlalchemy import exc as sa_exc
 
 from . import logsafe
@@ -15,7 +14,7 @@ from .agent import Agent
 from .compute import ComputeBackend, make_backend
 from .config import Settings, ensure_workspace
 from .errors import RtlibError
-from .store import JobStore
+from .store import JobStore, _redact_url
 from .transfer.base import TransferBackend
 
 log = logging.getLogger("rtlib.runtime")
@@ -55,7 +54,7 @@ def open_store(url: str, *, wait_s: float = 0.0) -> JobStore:
             return JobStore(url)
         except sa_exc.OperationalError as err:
             if time.monotonic() + delay > deadline:
-                shown = sa.engine.make_url(url).render_as_string(hide_password=True)
+                shown = _redact_url(url)  # also ?password= in the query, which psycopg reads
                 raise RtlibError(
                     f"job store {shown} unreachable{f' for {wait_s:g} s' if wait_s else ''}: {str(err.orig or err).splitlines()[0]}; "
                     "check that the database is running and the URL is right"

@@ -27,6 +27,7 @@ from typing import Any, Iterable, Sequence
 import sqlalchemy as sa
 from sqlalchemy import event as sa_event
 
+from . import store_url
 from .errors import JobNotFound, StoreLost, StoreReadOnly
 from .states import ACTIVE, State, check_transition
 
@@ -239,7 +240,7 @@ def _sqlite_pragmas(dbapi_conn, _record) -> None:
 
 
 def _redact_url(url: str) -> str:
-    return sa.engine.make_url(url).render_as_string(hide_password=True)
+    return store_url.redact(url)  # the user info's password and ?password=, ?sslpassword= ... (psycopg reads those too)
 
 
 def _sqlite_file(engine: sa.Engine) -> str | None:
@@ -263,6 +264,7 @@ class JobStore:
     """All reads and writes of jobs go through here."""
 
     def __init__(self, url: str):
+        store_url.check(url)  # refused without echoing it: an unescaped '@' would put the password into the host name
         self.url = url
         kwargs: dict[str, Any] = {"future": True}
         if url.startswith("sqlite"):
@@ -278,7 +280,8 @@ class JobStore:
             sa_event.listen(self.engine, "connect", _sqlite_pragmas)
             sa_event.listen(self.engine, "do_connect", self._sqlite_no_create)
         sa_event.listen(self.engine, "handle_error", self._explain_error)
-        self._create_schema()
+        with store_url.scrubbed(url):  # the first connection: a driver's message must not carry the password
+            self._create_schema()
         if self._file is not None:
             st = os.stat(self._file)
             self._file_identity = (st.st_dev, st.st_ino)
