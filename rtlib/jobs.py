@@ -12,6 +12,7 @@ from .states import TERMINAL, State
 from .store import JobSpec, JobStore
 from .workloads import get_workload
 from .compute.policy import choose_queue
+from .transfer.destinations import check_output_path
 
 STORE_INT_MAX = 2**31 - 1  # priority and max_attempts are INTEGER columns (int4 on PostgreSQL)
 MAX_ATTEMPTS_LIMIT = 100  # runs of one job; more is a typo, and each run may cost node-hours
@@ -109,6 +110,7 @@ def submit(
     for path in inputs:
         _check_relative(source_endpoint, path)
     _check_relative(dest_endpoint, output_path)
+    check_output_path(settings, dest_endpoint, output_path)  # never into a scratch's job area, where only the agent writes
     site_cfg = settings.site(site)
     if queue is not None and queue not in {q.name for q in site_cfg.queues}:
         raise ConfigError(f"site {site!r} has no queue {st.shown(queue)}; its queues: {', '.join(q.name for q in site_cfg.queues)}")

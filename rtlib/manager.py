@@ -30,8 +30,7 @@ from .errors import EndpointError, IllegalTransition, InputDataError, JobNotFoun
 from .states import TERMINAL, State
 from .store import Event, Job, JobStore
 from .transfer.base import TransferBackend
-from .transfer.destinations import check_destination, scratch_endpoints
-from .transfer.local import LocalTransferBackend
+from .transfer.destinations import check_destination, rooted_backend, scratch_endpoints
 from .workloads import get_workload, workload_names
 
 MAX_PAGE = 500
@@ -80,8 +79,7 @@ class JobManager:
         self._transfer = transfer
         self._adhoc = None
         self._lock = threading.Lock()
-        rooted = {name: ep.root for name, ep in settings.endpoints.items() if ep.root is not None}
-        self._roots = LocalTransferBackend(rooted, retries=0)  # only for path checks: it never copies
+        self._roots = rooted_backend(settings)  # only for path checks: it never copies
 
     @classmethod
     def from_config(cls, config: str | Path | None = None, workspace: str | Path | None = None) -> "JobManager":

@@ -24,6 +24,19 @@ def scratch_endpoints(settings) -> frozenset[str]:
     return frozenset(site.scratch_endpoint for site in settings.sites.values())
 
 
+def rooted_backend(settings):
+    """A local backend over every endpoint with a root on this machine, used only to resolve paths (it never copies)."""
+    from .local import LocalTransferBackend
+
+    return LocalTransferBackend({name: ep.root for name, ep in settings.endpoints.items() if ep.root is not None}, retries=0)
+
+
+def check_output_path(settings, endpoint: str, output_path: str) -> None:
+    """check_destination for a job's output path template, its {job_id} and {workload} filled in as any job's would be."""
+    path = output_path.replace("{job_id}", "0").replace("{workload}", "w")
+    check_destination(rooted_backend(settings), scratch_endpoints(settings), endpoint, path)
+
+
 def check_destination(backend: TransferBackend, scratch: Collection[str], endpoint: str, path: str) -> None:
     """EndpointError unless ENDPOINT:PATH lies outside the job area of a scratch endpoint."""
     if endpoint not in scratch:

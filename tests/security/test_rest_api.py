@@ -137,6 +137,24 @@ def test_the_transfer_command_refuses_a_jobs_scratch_folder(tmp_path):
     assert staged.read_bytes() == original
 
 
+def test_the_submit_command_refuses_results_in_a_jobs_scratch_folder(tmp_path):
+    """The CLI records jobs through jobs.submit, not the REST manager: the same rule holds there."""
+    ws = tmp_path / "ws"
+    settings = make_settings(ws)
+    scratch = Path(settings.endpoints["alcf"].root)
+    (scratch / "jobs").mkdir(parents=True, exist_ok=True)
+    (scratch / "shortcut").symlink_to(scratch / "jobs", target_is_directory=True)
+    (Path(settings.endpoints["aps"].root) / "scan.h5").write_bytes(b"x")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RTLIB_")}
+    for dest in ("alcf:jobs/00000001/in", "alcf:./jobs//{job_id}", "alcf:shortcut/00000001/in"):
+        result = subprocess.run([sys.executable, "-m", "rtlib.cli", "submit", "noop", "-i", "aps:scan.h5", "-d", dest, "-w", str(ws)],
+                                cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+        assert result.returncode != 0 and "job area" in result.stderr, (dest, result.stdout, result.stderr)
+    ok = subprocess.run([sys.executable, "-m", "rtlib.cli", "submit", "noop", "-i", "aps:scan.h5", "-d", "alcf:outbox/{job_id}", "-w", str(ws)],
+                        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    assert ok.returncode == 0, ok.stderr
+
+
 # -- finding 6: bodies refused before they are buffered ----------------------------------------
 def _head(server: LabServer, *, length: int | None, auth: bool) -> bytes:
     lines = [f"POST /rtlib/api/jobs HTTP/1.1", f"Host: 127.0.0.1:{server.port}", "Content-Type: application/json"]
