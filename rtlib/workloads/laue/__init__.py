@@ -14,6 +14,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from ...errors import InputDataError, ParameterError
 from .._dask import client_used, cluster_client
 from ..base import ProgressFn, Workload
@@ -55,18 +57,23 @@ def run(params: LaueParams, inputs: list[Path], outdir: Path, progress: Progress
     with cluster_client(params.split_over_workers) as client:
         stack = reconstruct_file(str(path), params.dataset_path, geometry, bins, params.wire_edge,
                                  rows_per_block=params.rows_per_block, client=client, progress=report, staged=inputs)
+    per_step = depth_per_step_um(geometry, "trailing" if params.wire_edge == "trailing" else "leading")
+    # A source is placed no better than the coarser of the bin and what one wire step sweeps; maxima in
+    # depth further apart than that are separate peaks.
+    resolution_um = max(bins.step_um, per_step) if np.isfinite(per_step) else bins.step_um
     progress(_RECONSTRUCT_SHARE, "finding peaks")
     peaks, profiles = find_peaks(
         stack, bins.centres_um, threshold_sigma=params.peak_threshold_sigma, min_intensity=params.peak_min_intensity,
-        window_px=params.peak_window_px, window_depth_bins=params.peak_window_depth_bins, max_peaks=params.max_peaks,
+        window_px=params.peak_window_px, window_depth_bins=params.peak_window_depth_bins,
+        depth_resolution_bins=resolution_um / bins.step_um, max_peaks=params.max_peaks,
     )
-    per_step = depth_per_step_um(geometry, "trailing" if params.wire_edge == "trailing" else "leading")
     attrs = {
         **geometry.to_attrs(),
         "input_file": path.name,
         "wire_steps": steps,
         "wire_edge": params.wire_edge,
         "depth_per_wire_step_um": per_step,
+        "depth_resolution_um": resolution_um,
         "split_over_workers": client_used(params.split_over_workers),
     }
     write_results(outdir, stack, bins, peaks, profiles, params.model_dump(mode="json"), attrs)
@@ -80,8 +87,7 @@ def run(params: LaueParams, inputs: list[Path], outdir: Path, progress: Progress
         "depth_range_um": [float(bins.edges_um[0]), float(bins.edges_um[-1])],
         "depth_step_um": float(bins.step_um),
         "depth_per_wire_step_um": round(per_step, 6),
-        # A source is placed no better than the coarser of the bin and what one wire step sweeps.
-        "depth_resolution_um": round(max(bins.step_um, per_step), 6),
+        "depth_resolution_um": round(resolution_um, 6),
         "num_peaks": int(len(peaks)),
         "peaks": [
             {"depth_um": round(float(p["depth_um"]), 4), "x_px": round(float(p["x_px"]), 3),

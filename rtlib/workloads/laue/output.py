@@ -3,7 +3,7 @@
 Layout of ``laue.h5`` (units in each dataset's ``units`` attribute)::
 
     /laue                       attributes: parameters (JSON), geometry, input file, wire steps,
-                                depth per wire step, rtlib version
+                                depth per wire step, depth resolution, rtlib version
     /laue/depth_resolved        (depths, y, x) float32  intensity from each depth, counts per image
     /laue/depth_um              (depths,)   bin centres along the beam, um
     /laue/depth_edges_um        (depths+1,) bin edges, um

@@ -1,21 +1,35 @@
 """Peaks in the depth-resolved stack: background subtraction, local maxima, centroids, integrated intensities.
 
-A peak is a local maximum of the background-subtracted stack over a box of
-``2 * window_depth_bins + 1`` depths by ``2 * window_px + 1`` pixels square.
-The background of each depth slice is its median. The noise is judged locally:
-a bright spot's own counting noise lands at the depths its pixels were
-unblocked (differences of two noisy images), and is small where the wire
-already blocked them; so a maximum must stand ``threshold_sigma`` times
-above the RMS of its own pixel at nearby depths (its own peak left out, see
-``noise_levels``), and above the robust sigma of the whole stack; and its
-integrated intensity must stand ``threshold_sigma`` times above the noise of
-a sum over its box (the voxel noises added in quadrature), which keeps single
-noise spikes out. The centroid and the integrated intensity are taken over
-the same box, from the background-subtracted values (the centroid from
-those clearly above the noise).
+A peak is a local maximum of the background-subtracted stack over
+``2 * separation + 1`` depths by ``2 * window_px + 1`` pixels square, where
+``separation`` is the depth resolution in bins (``depth_resolution_bins``,
+at least one): so two maxima along depth more than the depth resolution
+apart are two peaks, in the same pixel or in neighbouring ones. This is the
+case depth-resolved Laue exists for: two grains on the beam whose spots
+fall on the same pixels.
+
+The background of each depth slice is its median. The noise is judged
+locally: a bright spot's own counting noise lands at the depths its pixels
+were unblocked (differences of two noisy images), and is small where the
+wire already blocked them; so a maximum must stand ``threshold_sigma`` times
+above the RMS of its own pixel at nearby depths, and above the robust sigma
+of the whole stack. The nearby depths are taken on each side of the maximum
+separately, its own peak left out, and the quieter side counts: another
+source in the same pixel a few bins away lies on one side only, and must not
+pass for noise (``noise_levels``). The integrated intensity must stand
+``threshold_sigma`` times above the noise of a sum over its box (the voxel
+noises added in quadrature), which keeps single noise spikes out.
+
+The centroid and the integrated intensity are taken over the peak's box,
+``2 * window_depth_bins + 1`` depths by ``2 * window_px + 1`` pixels, from
+the background-subtracted values (the centroid from those clearly above the
+noise); where another maximum's box overlaps at another depth, the depth
+extent stops half way to it, so that neither peak takes the other's counts.
 """
 
 from __future__ import annotations
+
+import math
 
 import numpy as np
 from scipy import ndimage
@@ -31,6 +45,8 @@ _SAMPLE_STRIDE = 4
 _NOISE_REACH_FACTOR = 5
 # Voxels below this many overall sigmas are left out of a centroid.
 _CENTROID_FLOOR_SIGMA = 3.0
+# The local noise is computed this many bytes of float64 working arrays at a time.
+_NOISE_BLOCK_BYTES = 64 * 2**20
 
 
 def subtract_background(stack: np.ndarray) -> np.ndarray:
@@ -41,17 +57,37 @@ def subtract_background(stack: np.ndarray) -> np.ndarray:
 
 
 def noise_levels(signal: np.ndarray, core_bins: int, reach_bins: int) -> tuple[np.ndarray, float]:
-    """(local noise sigma (depths, y, x), robust sigma of the whole stack).
+    """(local noise sigma (depths, y, x) float32, robust sigma of the whole stack).
 
-    The local noise of a voxel is the RMS of its pixel's values within
-    ``reach_bins`` depths of it, leaving out the ``core_bins`` nearest (so a
-    peak does not hide itself in its own noise estimate).
+    The local noise of a voxel is the RMS of its pixel's values at the
+    depths ``core_bins + 1`` to ``reach_bins`` away from it, on the quieter
+    of its two sides (a side counts when it has at least half its depths
+    inside the stack; with neither, both together). Leaving out the
+    ``core_bins`` nearest keeps a peak out of its own noise estimate; one
+    side alone keeps a second source a few bins away out of it.
     """
-    squares = np.square(signal, dtype=np.float32)
-    wide, core = 2 * reach_bins + 1, 2 * core_bins + 1
-    total = ndimage.uniform_filter1d(squares, wide, axis=0, mode="nearest") * np.float32(wide)
-    inner = ndimage.uniform_filter1d(squares, core, axis=0, mode="nearest") * np.float32(core)
-    local = np.sqrt(np.clip(total - inner, 0.0, None) / np.float32(wide - core))
+    depths, height, width = signal.shape
+    local = np.empty(signal.shape, dtype=np.float32)
+    k = np.arange(depths)
+    # cumulative-sum indices of each side's window [lo, hi)
+    left_lo, left_hi = np.clip(k - reach_bins, 0, depths), np.clip(k - core_bins, 0, depths)
+    right_lo, right_hi = np.clip(k + core_bins + 1, 0, depths), np.clip(k + reach_bins + 1, 0, depths)
+    n_left, n_right = (left_hi - left_lo).astype(np.float64), (right_hi - right_lo).astype(np.float64)
+    enough = max(1, (reach_bins - core_bins) // 2)
+    shape = (depths, 1, 1)
+    rows = max(1, _NOISE_BLOCK_BYTES // (8 * 4 * (depths + 1) * width))
+    for r0 in range(0, height, rows):
+        r1 = min(height, r0 + rows)
+        cumulative = np.zeros((depths + 1, r1 - r0, width), dtype=np.float64)
+        np.cumsum(np.square(signal[:, r0:r1], dtype=np.float64), axis=0, out=cumulative[1:])
+        left = cumulative[left_hi] - cumulative[left_lo]
+        right = cumulative[right_hi] - cumulative[right_lo]
+        with np.errstate(invalid="ignore", divide="ignore"):
+            both = np.sqrt(np.clip(left + right, 0.0, None) / np.maximum(n_left + n_right, 1.0).reshape(shape))
+            left = np.where((n_left >= enough).reshape(shape), np.sqrt(np.clip(left, 0.0, None) / n_left.reshape(shape)), np.inf)
+            right = np.where((n_right >= enough).reshape(shape), np.sqrt(np.clip(right, 0.0, None) / n_right.reshape(shape)), np.inf)
+        quieter = np.minimum(left, right)
+        local[:, r0:r1] = np.where(np.isfinite(quieter), quieter, both)
     sample = signal[:, ::_SAMPLE_STRIDE, ::_SAMPLE_STRIDE].ravel()
     overall = _MAD_TO_SIGMA * float(np.median(np.abs(sample - np.median(sample))))
     if overall == 0.0:
@@ -67,38 +103,46 @@ def find_peaks(
     min_intensity: float = 0.0,
     window_px: int = 4,
     window_depth_bins: int = 3,
+    depth_resolution_bins: float = 1.0,
     max_peaks: int = 1000,
 ) -> tuple[np.ndarray, np.ndarray]:
     """(peaks, profiles): a PEAK_DTYPE table, brightest first, and each peak's intensity against depth.
 
-    ``stack`` is (depths, y, x) and ``depth_um`` the depth of each slice. A
-    profile is the background-subtracted intensity summed over the peak's
-    pixel box at every depth.
+    ``stack`` is (depths, y, x) and ``depth_um`` the depth of each slice.
+    Maxima more than ``depth_resolution_bins`` apart in depth are separate
+    peaks. A profile is the background-subtracted intensity summed over the
+    peak's pixel box at every depth.
     """
     signal = subtract_background(stack)
     local, overall = noise_levels(signal, window_depth_bins, _NOISE_REACH_FACTOR * window_depth_bins)
-    limit = threshold_sigma * np.maximum(local, overall)
+    limit = threshold_sigma * np.maximum(local, np.float32(overall))
     del local
     limit_squared = np.square(limit)
-    size = (2 * window_depth_bins + 1, 2 * window_px + 1, 2 * window_px + 1)
+    separation = max(1, int(math.floor(depth_resolution_bins + 1e-9)))
+    size = (2 * separation + 1, 2 * window_px + 1, 2 * window_px + 1)
     is_max = (ndimage.maximum_filter(signal, size=size, mode="constant", cval=-np.inf) == signal) & (signal > limit)
     candidates = np.argwhere(is_max)
+    del is_max
     heights = signal[tuple(candidates.T)]
     order = np.argsort(-heights, kind="stable")
+    candidates = candidates[order]
     depths, height, width = signal.shape
+    # A plateau of equal maxima yields one candidate: the first, the others within its maximum window dropped.
+    kept = np.ones(len(candidates), dtype=bool)
+    for i in range(len(candidates)):
+        if kept[i]:
+            near = np.all(np.abs(candidates[i + 1:] - candidates[i]) <= (separation, window_px, window_px), axis=1)
+            kept[i + 1:] &= ~near
+    candidates = candidates[kept]
     rows: list[tuple] = []
     profiles: list[np.ndarray] = []
-    taken = np.zeros(signal.shape, dtype=bool)  # a plateau of equal maxima yields one peak
-    for i in order:
+    for k, r, c in candidates.tolist():
         if len(rows) >= max_peaks:
             break
-        k, r, c = (int(v) for v in candidates[i])
-        if taken[k, r, c]:
-            continue
-        box = (slice(max(0, k - window_depth_bins), min(depths, k + window_depth_bins + 1)),
+        k0, k1 = _depth_extent(candidates, k, r, c, window_depth_bins, window_px, depths)
+        box = (slice(k0, k1),
                slice(max(0, r - window_px), min(height, r + window_px + 1)),
                slice(max(0, c - window_px), min(width, c + window_px + 1)))
-        taken[box] = True
         values = signal[box].astype(np.float64)
         intensity = float(values.sum())
         # The sum must be significant too: threshold_sigma times the noise of a sum over the box.
@@ -117,3 +161,17 @@ def find_peaks(
     peaks = np.array(rows, dtype=PEAK_DTYPE)
     profile_array = np.array(profiles, dtype=np.float64).reshape(len(profiles), depths)
     return peaks, profile_array
+
+
+def _depth_extent(candidates: np.ndarray, k: int, r: int, c: int, half_depth: int, window_px: int, depths: int) -> tuple[int, int]:
+    """[k0, k1) of a peak's box: ``half_depth`` either side of ``k``, stopping short of half way to any
+    other maximum at another depth whose pixel box overlaps this one's."""
+    k0, k1 = max(0, k - half_depth), min(depths, k + half_depth + 1)
+    others = candidates[np.all(np.abs(candidates[:, 1:] - (r, c)) <= 2 * window_px, axis=1)]
+    gap = others[:, 0] - k
+    deeper, shallower = gap[gap > 0], -gap[gap < 0]
+    if deeper.size:
+        k1 = min(k1, k + (int(deeper.min()) - 1) // 2 + 1)
+    if shallower.size:
+        k0 = max(k0, k - (int(shallower.min()) - 1) // 2)
+    return k0, k1
