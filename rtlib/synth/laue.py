@@ -37,7 +37,8 @@ import numpy as np
 
 from ..workloads.laue.geometry import ScanGeometry, make_geometry
 
-__all__ = ["LaueSource", "default_geometry", "expected_images", "random_sources", "read_ground_truth", "write_laue_scan"]
+__all__ = ["LaueSource", "default_geometry", "expected_images", "geometry_for_34ide", "random_sources", "read_ground_truth",
+           "write_laue_scan", "write_laue_scan_34ide"]
 
 DATASET_PATH = "/entry/data/data"
 # Depth samples per micrometre of a line source: far finer than any wire step.
@@ -179,16 +180,11 @@ def write_laue_scan(
     if sources is None:
         sources = random_sources(num_sources, height_px, width_px, depth_start_um=depth_start_um,
                                  depth_end_um=depth_end_um, seed=seed)
-    mean = expected_images(geometry, sources, background_counts)
-    out_dtype = np.dtype(dtype)
-    if out_dtype.kind in "ui" and mean.max() + 8 * np.sqrt(mean.max()) + 8 > np.iinfo(out_dtype).max:
-        raise ValueError(f"counts up to {mean.max():.0f} would saturate {out_dtype.name}; lower the counts or use uint32")
-    rng = np.random.default_rng(seed)
-    images = rng.poisson(mean) if noise else np.rint(mean)
+    images = _draw_images(geometry, sources, background_counts, seed, dtype, noise)
     with h5py.File(path, "w") as f:
         entry = _group(f, "entry", "NXentry")
         data = _group(entry, "data", "NXdata")
-        data.create_dataset("data", data=images.astype(out_dtype), chunks=(1, height_px, width_px)).attrs["units"] = "counts"
+        data.create_dataset("data", data=images, chunks=(1, height_px, width_px)).attrs["units"] = "counts"
         write_geometry(entry, geometry)
         sample = _group(entry, "sample", "NXsample")
         sample.attrs["synthetic_sources"] = json.dumps([asdict(s) for s in sources])
@@ -205,6 +201,92 @@ def write_laue_scan(
         "geometry": geometry.to_attrs(),
         "seed": seed,
     }
+
+
+def _draw_images(geometry: ScanGeometry, sources: Sequence[LaueSource], background_counts: float, seed: int,
+                 dtype: str, noise: bool) -> np.ndarray:
+    """(steps, y, x) images of ``dtype``: Poisson draws (seeded) around the forward model, or its rounded mean."""
+    mean = expected_images(geometry, sources, background_counts)
+    out_dtype = np.dtype(dtype)
+    if out_dtype.kind in "ui" and mean.max() + 8 * np.sqrt(mean.max()) + 8 > np.iinfo(out_dtype).max:
+        raise ValueError(f"counts up to {mean.max():.0f} would saturate {out_dtype.name}; lower the counts or use uint32")
+    rng = np.random.default_rng(seed)
+    return (rng.poisson(mean) if noise else np.rint(mean)).astype(out_dtype)
+
+
+# The 34-ID-E layout (``rtlib.workloads.laue.scan34ide``): a raw wire positioner offset, step files numbered from here.
+WIRE_ORIGIN_34IDE_UM = (-1250.0, 4380.5, 1830.25)
+FIRST_STEP_34IDE = 10
+
+
+def geometry_for_34ide(geometry: ScanGeometry, wire_origin_um=WIRE_ORIGIN_34IDE_UM) -> tuple[ScanGeometry, str, np.ndarray]:
+    """(geometry as the beamline's files give it back, geoN XML text, raw wire positions (steps, 3)).
+
+    The geometry goes through the XML (numbers written and read back), so a
+    scan written in both layouts from the returned geometry is the same scan
+    to the last bit.
+    """
+    from ..workloads.laue.scan34ide import geometry_xml_text, parse_geometry_xml
+
+    text, raw = geometry_xml_text(geometry, wire_origin_um, note="rtlib synthetic scan")
+    parsed = parse_geometry_xml(text.encode(), Path("geoN.xml"))
+    return parsed.scan_geometry(raw, geometry.detector.height_px, geometry.detector.width_px), text, raw
+
+
+def write_laue_scan_34ide(
+    folder: str | Path,
+    *,
+    height_px: int = 64,
+    width_px: int = 64,
+    sources: Sequence[LaueSource] | None = None,
+    num_sources: int = 4,
+    depth_start_um: float = 0.0,
+    depth_end_um: float = 40.0,
+    wire_step_um: float = 1.0,
+    wire_diameter_um: float = 52.0,
+    background_counts: float = 2.0,
+    geometry: ScanGeometry | None = None,
+    seed: int = 0,
+    dtype: str = "uint16",
+    noise: bool = True,
+    prefix: str = "wire_scan_",
+    scan_number: int = 1,
+) -> dict[str, Any]:
+    """The scan ``write_laue_scan`` writes, in the APS 34-ID-E layout: ``folder/geoN.xml`` and one HDF5 file per
+    wire step (``<prefix><number>.h5``: /entry1/data/data, /entry1/wire/wireX|Y|Z, /entry1/scanNum); the ground
+    truth also in ``folder/truth.json``. Returns the ground truth."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    geometry = geometry or default_geometry(
+        height_px, width_px, depth_start_um=depth_start_um, depth_end_um=depth_end_um,
+        wire_step_um=wire_step_um, wire_diameter_um=wire_diameter_um,
+    )
+    geometry, xml_text, raw = geometry_for_34ide(geometry)
+    if sources is None:
+        sources = random_sources(num_sources, height_px, width_px, depth_start_um=depth_start_um,
+                                 depth_end_um=depth_end_um, seed=seed)
+    images = _draw_images(geometry, sources, background_counts, seed, dtype, noise)
+    (folder / "geoN.xml").write_text(xml_text)
+    width = max(5, len(str(FIRST_STEP_34IDE + geometry.steps)))
+    for i, image in enumerate(images):
+        with h5py.File(folder / f"{prefix}{FIRST_STEP_34IDE + i:0{width}d}.h5", "w") as f:
+            entry = _group(f, "entry1", "NXentry")
+            _group(entry, "data", "NXdata").create_dataset("data", data=image[None], chunks=(1, *image.shape))
+            wire = _group(entry, "wire", "NXcollection")
+            for axis, value in zip("XYZ", raw[i]):
+                _dataset(wire, f"wire{axis}", np.float64(value), "um")
+            entry.create_dataset("scanNum", data=np.int64(scan_number))
+    truth = {
+        "path": str(folder),
+        "geometry_file": str(folder / "geoN.xml"),
+        "shape": [geometry.steps, height_px, width_px],
+        "sources": [asdict(s) for s in sources],
+        "background_counts": background_counts,
+        "geometry": geometry.to_attrs(),
+        "seed": seed,
+    }
+    (folder / "truth.json").write_text(json.dumps(truth, indent=1))
+    return truth
 
 
 def write_geometry(entry: h5py.Group, geometry: ScanGeometry) -> None:

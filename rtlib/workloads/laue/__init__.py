@@ -25,6 +25,7 @@ from .params import LaueParams
 from .peaks import find_peaks
 from .reader import images_dataset, open_scan_file, read_geometry, select_input
 from .reconstruct import DepthBins, depth_per_step_um, reconstruct_file
+from .scan34ide import STACKED_DATASET, is_34ide_input, stack_scan
 
 __all__ = ["DepthBins", "LaueParams", "ScanGeometry", "make_geometry", "read_results", "run", "workload"]
 
@@ -32,13 +33,30 @@ __all__ = ["DepthBins", "LaueParams", "ScanGeometry", "make_geometry", "read_res
 MAX_STACK_BYTES = 4 * 2**30
 _RECONSTRUCT_SHARE = 0.85
 _PEAKS_REPORTED = 20
+# A 34-ID-E scan's step files are copied into one file under this name in the output folder, removed after.
+_STACKED_NAME = ".laue_34ide_steps.h5.partial"
+_STACKING_SHARE = 0.1
 
 
 def run(params: LaueParams, inputs: list[Path], outdir: Path, progress: ProgressFn) -> dict[str, Any]:
-    path = select_input(inputs)
+    if not is_34ide_input(inputs):
+        return _run_on_file(params, select_input(inputs), inputs, params.dataset_path, outdir, progress, {})
+    # A 34-ID-E scan (step files + geometry XML) is checked and copied into one file of rtlib's layout first.
+    stacked = outdir / _STACKED_NAME
+    try:
+        _, facts = stack_scan([Path(p) for p in inputs], stacked, params.wire_diameter_um,
+                              progress=lambda f, m: progress(_STACKING_SHARE * f, m))
+        return _run_on_file(params, stacked, [stacked], STACKED_DATASET, outdir,
+                            lambda f, m: progress(_STACKING_SHARE + (1 - _STACKING_SHARE) * f, m), facts)
+    finally:
+        stacked.unlink(missing_ok=True)
+
+
+def _run_on_file(params: LaueParams, path: Path, inputs: list[Path], dataset_path: str, outdir: Path,
+                 progress: ProgressFn, facts: dict[str, Any]) -> dict[str, Any]:
     label = str(path)
     with open_scan_file(path, inputs) as f:
-        images = images_dataset(f, params.dataset_path, label)
+        images = images_dataset(f, dataset_path, label)
         shape = tuple(images.shape)
         geometry = read_geometry(f, label, shape, params.wire_diameter_um)
     steps, height, width = shape
@@ -55,7 +73,7 @@ def run(params: LaueParams, inputs: list[Path], outdir: Path, progress: Progress
         progress(_RECONSTRUCT_SHARE * fraction, message)
 
     with cluster_client(params.split_over_workers) as client:
-        stack = reconstruct_file(str(path), params.dataset_path, geometry, bins, params.wire_edge,
+        stack = reconstruct_file(str(path), dataset_path, geometry, bins, params.wire_edge,
                                  rows_per_block=params.rows_per_block, client=client, progress=report, staged=inputs)
     per_step = depth_per_step_um(geometry, "trailing" if params.wire_edge == "trailing" else "leading")
     # A source is placed no better than the coarser of the bin and what one wire step sweeps; maxima in
@@ -69,7 +87,8 @@ def run(params: LaueParams, inputs: list[Path], outdir: Path, progress: Progress
     )
     attrs = {
         **geometry.to_attrs(),
-        "input_file": path.name,
+        **facts,
+        "input_file": facts.get("first_step_file", path.name),
         "wire_steps": steps,
         "wire_edge": params.wire_edge,
         "depth_per_wire_step_um": per_step,
@@ -80,7 +99,8 @@ def run(params: LaueParams, inputs: list[Path], outdir: Path, progress: Progress
     progress(1.0, f"wrote {H5_NAME} and {CSV_NAME}: {len(peaks)} peaks")
 
     summary: dict[str, Any] = {
-        "input": path.name,
+        "input": facts.get("first_step_file", path.name),
+        **facts,
         "wire_steps": int(steps),
         "image_shape": [int(height), int(width)],
         "depth_bins": int(bins.count),
@@ -96,7 +116,7 @@ def run(params: LaueParams, inputs: list[Path], outdir: Path, progress: Progress
         ],
     }
     others = [Path(p).name for p in inputs if Path(p) != path]
-    if others:
+    if others and not facts:
         summary["ignored_inputs"] = others
     return summary
 
