@@ -33,7 +33,9 @@ def analyze(
     normalization: str = typer.Option("static", help="g2 normalisation: static, pixel or roi"),
     num_dynamic_q_bins: int = typer.Option(10, help="dynamic q bins when no q-map is given"),
     frame_time_s: Optional[float] = typer.Option(None, help="seconds between frames (default: from the file)"),
-    quiet: bool = typer.Option(False, "--quiet", "-q", help="print only the summary"),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="print only a table of the fits: q, τ, β and a flag "
+                               "where the data cannot support τ"),
+    as_json: bool = typer.Option(False, "--json", help="print only the whole summary, as JSON (for scripts)"),
 ):
     """Multi-tau g2 (and/or two-time) with τ(q) fits, written to OUTPUT."""
     from .workloads.xpcs import workload
@@ -47,13 +49,42 @@ def analyze(
     validated = workload.validate(params)
 
     output = output.expanduser()
-    with one_file_run(output, prefix=".xpcs-", quiet=quiet, console=console) as run:
+    with one_file_run(output, prefix=".xpcs-", quiet=quiet or as_json, console=console) as run:
         summary = workload.run(validated, inputs, run.scratch, run.report)
         shutil.move(str(run.scratch / "xpcs.h5"), str(output) + ".partial")
         os.replace(str(output) + ".partial", output)
     summary["wall_s"] = run.wall_s()
     summary["output"] = str(output)
-    console.print_json(json.dumps(summary, default=str))
+    if as_json:
+        typer.echo(json.dumps(summary, default=str, indent=2))
+    elif quiet:
+        typer.echo(fit_table(summary))
+    else:
+        console.print_json(json.dumps(summary, default=str))
+        typer.echo(fit_table(summary))
+
+
+def fit_table(summary: dict) -> str:
+    """One line per dynamic ROI: q, τ, β, and the flag of a fit the data cannot support (τ and β then "-")."""
+    from .workloads.xpcs.fit import FLAGS
+
+    def number(value, spec: str) -> str:
+        return format(value, spec) if value is not None else "-".rjust(int(spec.split(".")[0]))
+
+    q = summary["q_inv_angstrom"]
+    lines = [f"{'q (1/Å)':>10}  {'τ (s)':>10}  {'β':>6}  flag"]
+    if "tau_s" not in summary:
+        lines += [f"{number(v, '10.4g')}  {'-':>10}  {'-':>6}  no multi-tau fit (mode {summary['mode']})" for v in q]
+    else:
+        for v, tau, beta, flag in zip(q, summary["tau_s"], summary["beta"], summary["fit_flags"]):
+            lines.append(f"{number(v, '10.4g')}  {number(tau, '10.3e')}  {number(beta, '6.3f')}  "
+                         f"{flag}{': ' + FLAGS[flag] if flag else ''}".rstrip())
+        if summary.get("no_dynamics"):
+            lines.append(f"no dynamics: {summary['no_dynamics']}")
+    if summary.get("q_unknown"):
+        lines.append(f"q unknown: {summary['q_unknown']}")
+    lines.append(f"wrote {summary['output']} ({summary['wall_s']:.1f} s)")
+    return "\n".join(lines)
 
 
 def synth_xpcs(

@@ -28,6 +28,11 @@ def run_xpcs(inputs, outdir: Path, calls=None, **params) -> dict:
     return workload.run(workload.validate(params), [Path(p) for p in inputs], outdir, lambda f, m: calls.append((f, m)))
 
 
+def full_c2(upper: np.ndarray) -> np.ndarray:
+    """C(t1, t2) from the upper triangle the APS layout stores."""
+    return upper + np.triu(upper, 1).T
+
+
 def read_result(outdir: Path) -> dict:
     out = {}
     with h5py.File(outdir / "xpcs.h5", "r") as f:
@@ -152,7 +157,7 @@ def test_per_pixel_normalisation_is_biased_low_for_slow_rois(speckle, tmp_path):
 def test_g2_curve_follows_the_model(both_result, speckle):
     _, res = both_result
     truth = speckle[2]
-    delay = res["multitau/delay_list"]
+    delay = res["multitau/delay_s"]
     for k, tau in enumerate(truth["tau_s"]):
         g2 = res["multitau/normalized_g2"][:, k]
         err = res["multitau/normalized_g2_err"][:, k]
@@ -168,15 +173,17 @@ def test_results_have_the_aps_layout(both_result, speckle):
     rois = len(speckle[2]["tau_s"])
     delays = summary["delays"]
     assert res["multitau/normalized_g2"].shape == res["multitau/normalized_g2_err"].shape == (delays, rois)
-    assert res["multitau/delay_list"][0] == pytest.approx(1e-3) and np.all(np.diff(res["multitau/delay_list"]) > 0)
-    assert res["multitau/delay_list"][-1] < FRAMES * 1e-3
+    assert res["multitau/delay_s"][0] == pytest.approx(1e-3) and np.all(np.diff(res["multitau/delay_s"]) > 0)
+    assert res["multitau/delay_s"][-1] < FRAMES * 1e-3
+    np.testing.assert_allclose(res["multitau/delay_list"] * 1e-3, res["multitau/delay_s"])  # in frames, as APS
     assert res["temporal_mean/scattering_2d"].shape == (1, SIZE, SIZE)
     assert res["temporal_mean/scattering_1d"].shape == (1, 4 * rois)
     assert res["spatial_mean/intensity_vs_time"].shape == (2, FRAMES)
     assert res["spatial_mean/intensity_vs_time"][0, 1] == pytest.approx(1e-3)
     for name in ("dynamic_roi_map", "static_roi_map", "mask"):
         assert res[f"qmap/{name}"].shape == (SIZE, SIZE)
-    assert list(res["qmap/dynamic_index_mapping"]) == list(range(1, rois + 1))
+    assert list(res["qmap/dynamic_roi_labels"]) == list(range(1, rois + 1))
+    assert list(res["qmap/dynamic_index_mapping"]) == list(range(rois))  # 0-based ROI columns, as APS
     assert res["multitau/fit/tau"].shape == (rois,) and res["multitau/fit/fit_ok"].all()
     assert sorted(k for k in res if k.startswith("twotime/correlation_map/")) == [
         f"twotime/correlation_map/c2_{i:05d}" for i in range(1, rois + 1)]
@@ -192,7 +199,7 @@ def test_qmap_computed_from_geometry(speckle, tmp_path):
     summary = run_xpcs([raw], tmp_path, num_dynamic_q_bins=4, num_phi_bins=2, num_static_q_bins=20)
     res = read_result(tmp_path)
     assert summary["qmap"] == "geometry" and summary["dynamic_rois"] == 8
-    assert list(res["qmap/dynamic_index_mapping"]) == list(range(1, 9))
+    assert list(res["qmap/dynamic_roi_labels"]) == list(range(1, 9))
     q = np.array(summary["q_inv_angstrom"])
     assert np.all(np.diff(q[::2]) > 0) and np.allclose(q[::2], q[1::2], rtol=0.05)
     tau = np.array(summary["tau_s"])
@@ -208,7 +215,7 @@ def test_static_results_match_the_synthetic_truth(both_result, speckle):
     expected = expected_mean_counts(truth)
     with h5py.File(qmap, "r") as f:
         static_map, mask = f["/data/staticMap"][()], f["/data/mask"][()].astype(bool)
-    labels = res["qmap/static_index_mapping"]
+    labels = res["qmap/static_roi_labels"]
     assert list(labels) == sorted(set(np.unique(static_map)) - {0})
     model_1d = np.array([expected[static_map == lab].mean() for lab in labels])
     # Each static ROI averages >= 80 pixels over 1000 frames: speckle and Poisson noise leave about 1 %.
@@ -322,7 +329,7 @@ def test_g2_equals_scikit_beam_multi_tau(small, tmp_path):
     g2_ref, lags = multi_tau_auto_corr(levels, 8, labels, frames)
     ours = res["multitau/normalized_g2"]
     # scikit-beam also reports lag 0; every other lag is on the same grid.
-    assert np.array_equal(np.round(res["multitau/delay_list"] / 1e-3).astype(int), lags[1:1 + len(ours)])
+    assert np.array_equal(np.round(res["multitau/delay_s"] / 1e-3).astype(int), lags[1:1 + len(ours)])
     np.testing.assert_allclose(ours, g2_ref[1:1 + len(ours)], rtol=1e-12, atol=0)
     assert summary["delays"] == len(ours) == len(lags) - 1
 
@@ -394,8 +401,9 @@ def test_two_time_diagonal_average_agrees_with_multitau(both_result):
     _, res = both_result
     g2 = res["multitau/normalized_g2"]
     for k in range(g2.shape[1]):
-        c2 = res[f"twotime/correlation_map/c2_{k + 1:05d}"]
-        assert np.allclose(c2, c2.T)
+        half = res[f"twotime/correlation_map/c2_{k + 1:05d}"]
+        assert np.all(np.tril(half, -1) == 0)  # the APS layout stores the upper triangle
+        c2 = full_c2(half)
         diag = diagonal_average(c2, 15)[1:]
         np.testing.assert_allclose(diag, g2[:15, k], rtol=3e-3, err_msg=f"ROI {k + 1}")
 
@@ -416,7 +424,7 @@ def test_two_time_frame_binning_and_roi_selection(small, tmp_path):
     binned = pixels.reshape(75, 4, -1).sum(axis=1)
     mean = binned.mean(axis=1)
     expected = (binned @ binned.T) / binned.shape[1] / np.outer(mean, mean)
-    np.testing.assert_allclose(res["twotime/correlation_map/c2_00002"], expected, rtol=1e-10)
+    np.testing.assert_allclose(full_c2(res["twotime/correlation_map/c2_00002"]), expected, rtol=1e-10)
 
 
 # -- plug-in and parameters --------------------------------------------------------------

@@ -44,7 +44,7 @@ def test_synth_writes_the_file_and_its_truth(data):
 def test_analyze_writes_the_result_file(data):
     out = data / "res" / "result.h5"
     result = CliRunner().invoke(app, ["xpcs", "analyze", str(data / "raw.h5"), "--qmap", str(data / "qmap.h5"),
-                                      "-o", str(out), "--mode", "both", "-q"])
+                                      "-o", str(out), "--mode", "both", "--json"])
     assert result.exit_code == 0, result.output
     summary = json.loads(result.output)
     assert summary["output"] == str(out) and summary["dynamic_rois"] == 3 and summary["mode"] == "both"

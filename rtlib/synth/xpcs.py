@@ -121,8 +121,8 @@ def write_xpcs_file(
     """
     if frames < 2 or height < 8 or width < 8:
         raise ValueError(f"need frames >= 2 and a detector of at least 8 x 8, got {frames}, {height}, {width}")
-    if not 0 < beta <= 1:
-        raise ValueError(f"beta (speckle contrast) must be in (0, 1], got {beta}")
+    if not 0 <= beta <= 1:
+        raise ValueError(f"beta (speckle contrast) must be in [0, 1] (0: no speckle, pure Poisson noise), got {beta}")
     if not 0 < tau_min_s <= tau_max_s or frame_time_s <= 0 or mean_counts <= 0:
         raise ValueError("need 0 < tau_min_s <= tau_max_s, frame_time_s > 0 and mean_counts > 0")
     path = Path(path)

@@ -16,8 +16,9 @@ import numpy as np
 
 from ...errors import InputDataError, ParameterError
 from ..base import ProgressFn, Workload
-from ..saxs.geometry import DetectorGeometry, geometry_attrs, resolve_geometry
-from .fit import PARAMETERS, fit_g2
+from ..saxs.geometry import DetectorGeometry, geometry_attrs
+from .fit import FLAGS, PARAMETERS, fit_g2
+from .geometry_8idi import resolve_any_geometry
 from .multitau import MultiTau
 from .output import H5_NAME, write_results
 from .params import XpcsParams
@@ -25,10 +26,12 @@ from .qmap import QMap, compute_qmap, load_qmap
 from .reader import checked_chunks, frame_time, frames_dataset, open_detector_file, select_inputs
 from .single_pass import frame_pass
 from .twotime import TwoTime
+from .viewer_layout import entry_sections, qmap_sections, stability_segments, twotime_sections
 
 __all__ = ["XpcsParams", "run", "warm_up", "workload"]
 
 _READ_SHARE = 0.9
+STABILITY_SEGMENTS = 10
 
 
 def _extra_inputs(params: XpcsParams) -> list[str]:
@@ -65,6 +68,11 @@ def run(params: XpcsParams, inputs: list[Path], outdir: Path, progress: Progress
 
         image_sum = np.zeros(height * width)
         intensity_vs_time = np.zeros(total)
+        static_index = qmap.static_index()
+        inside = static_index >= 0
+        # cumulative static-ROI sums at the first chunk end past each tenth of the record: I(q) per segment
+        boundaries = [round(total * (i + 1) / STABILITY_SEGMENTS) for i in range(STABILITY_SEGMENTS)]
+        cumulative: list[tuple[int, np.ndarray]] = []
         progress(0.0, f"correlating {total} frames of {height} x {width} from {path.name} ({qmap.num_dynamic} dynamic ROIs)")
         for start, stop, block in checked_chunks(frames, params.frames_per_chunk, label):
             flat = block.reshape(stop - start, height * width)
@@ -75,6 +83,10 @@ def run(params: XpcsParams, inputs: list[Path], outdir: Path, progress: Progress
                 multitau.add(dynamic)
             if twotime is not None:
                 twotime.add(dynamic)
+            if boundaries and stop >= boundaries[0]:
+                cumulative.append((stop, np.bincount(static_index[inside], weights=image_sum[inside],
+                                                     minlength=len(qmap.static_labels))))
+                boundaries = [b for b in boundaries if b > stop]
             progress(_READ_SHARE * stop / total, f"read {stop}/{total} frames")
 
     zero_frames = int((intensity_vs_time == 0).sum())
@@ -82,8 +94,6 @@ def run(params: XpcsParams, inputs: list[Path], outdir: Path, progress: Progress
         raise InputDataError(f"{label}: every one of the {total} frames is zero on the good pixels; the shutter was "
                              "closed or the detector was not counting. Nothing to correlate")
     mean_image = (image_sum / total).reshape(height, width)
-    static_index = qmap.static_index()
-    inside = static_index >= 0
     counts = np.bincount(static_index[inside], minlength=len(qmap.static_labels))
     with np.errstate(invalid="ignore", divide="ignore"):
         scattering_1d = np.bincount(static_index[inside], weights=mean_image.ravel()[inside],
@@ -92,19 +102,20 @@ def run(params: XpcsParams, inputs: list[Path], outdir: Path, progress: Progress
 
     sections: dict[str, dict[str, Any]] = {
         "temporal_mean": {"scattering_2d": (mean_image[None].astype(np.float32), "counts/pixel/frame"),
-                          "scattering_1d": (scattering_1d[None], "counts/pixel/frame")},
+                          "scattering_1d": (scattering_1d[None], "counts/pixel/frame"),
+                          "scattering_1d_segments": (stability_segments(cumulative, counts), "counts/pixel/frame")},
         "spatial_mean": {"intensity_vs_time": np.vstack([np.arange(total) * dt_s, intensity_vs_time])},
-        "qmap": {"dynamic_roi_map": qmap.dynamic_map, "static_roi_map": qmap.static_map, "mask": qmap.mask.astype(np.int32),
-                 "dynamic_index_mapping": qmap.dynamic_labels, "static_index_mapping": qmap.static_labels,
-                 "dynamic_v_list_dim0": (qmap.dynamic_q, "1/angstrom"), "static_v_list_dim0": (qmap.static_q, "1/angstrom"),
-                 "dynamic_v_list_dim1": (qmap.dynamic_phi_deg, "degree"),
-                 "dynamic_num_pts": dyn_counts, "static_num_pts": counts},
+        **qmap_sections(qmap, geometry, dyn_counts, counts),
+        **entry_sections(dt_s, dt_s),
     }
     summary: dict[str, Any] = {
         "input": path.name, "frames": int(total), "frame_time_s": dt_s, "mode": params.mode,
         "qmap": qmap.source, "dynamic_rois": int(qmap.num_dynamic), "zero_frames": zero_frames,
-        "q_inv_angstrom": [float(q) for q in qmap.dynamic_q],
+        "q_inv_angstrom": [_num(q) for q in qmap.dynamic_q],
     }
+    if not np.all(np.isfinite(qmap.dynamic_q)):
+        summary["q_unknown"] = ("the q-map file lists no q for some ROIs and the detector file has no complete "
+                                "geometry (pass the geometry parameters to get q)")
     progress(_READ_SHARE, "normalising and fitting")
     if multitau is not None:
         static_of_pixel = static_index[pixel_index]
@@ -113,13 +124,15 @@ def run(params: XpcsParams, inputs: list[Path], outdir: Path, progress: Progress
         result = multitau.result(params.g2_normalization, group)
         delay_s = result.delay_frames * dt_s
         fits = fit_g2(delay_s, result.g2, result.g2_err, params.fit_stretched, result.g2_jackknife)
-        fit_section = {"fit_ok": fits.ok.astype(np.int8), "q": (qmap.dynamic_q, "1/angstrom")}
+        fit_section = {"fit_ok": fits.ok.astype(np.int8), "q": (qmap.dynamic_q, "1/angstrom"),
+                       "flag": np.array([flag.encode() for flag in fits.flags], dtype="S")}
         for name in PARAMETERS:
             short = name.removesuffix("_s")
             fit_section[short] = (fits.values[name], "s" if name == "tau_s" else "")
             fit_section[f"{short}_err"] = (fits.errors[name], "s" if name == "tau_s" else "")
         sections["multitau"] = {
-            "normalized_g2": result.g2, "normalized_g2_err": result.g2_err, "delay_list": (delay_s, "s"),
+            "normalized_g2": result.g2, "normalized_g2_err": result.g2_err,
+            "delay_list": (result.delay_frames.astype(np.float64), "frames"), "delay_s": (delay_s, "s"),
             "pairs": result.pairs,
         }
         sections["multitau/config"] = {"delays_per_level": params.delays_per_level, "levels": len(multitau.levels),
@@ -131,14 +144,15 @@ def run(params: XpcsParams, inputs: list[Path], outdir: Path, progress: Progress
             "tau_err_s": [_num(v) for v in fits.errors["tau_s"]],
             "beta": [_num(v) for v in fits.values["beta"]],
             "baseline": [_num(v) for v in fits.values["baseline"]],
+            "fit_flags": fits.flags,
             "fit_failures": fits.messages,
         })
+        if not fits.ok.any():
+            summary["no_dynamics"] = ("no ROI has a decay the delays resolve: " +
+                                      "; ".join(sorted({FLAGS[f] for f in fits.flags if f})))
     if twotime is not None:
-        maps = twotime.results()
-        sections["twotime/correlation_map"] = {f"c2_{lab:05d}": c2 for lab, c2 in zip(twotime_labels, maps)}
-        sections["twotime"] = {"processed_bins": np.asarray(twotime_labels)}
-        sections["twotime/config"] = {"frame_binning": params.twotime_frame_binning,
-                                      "delta_t": (dt_s * params.twotime_frame_binning, "s")}
+        columns = [int(c) + 1 for c in np.searchsorted(qmap.dynamic_labels, twotime_labels)]
+        sections.update(twotime_sections(twotime.results(), columns, params.twotime_frame_binning, dt_s))
         summary["twotime_rois"] = [int(v) for v in twotime_labels]
         summary["twotime_steps"] = int(twotime.steps)
     state = (multitau.state_bytes() if multitau else 0) + (twotime.state_bytes() if twotime else 0)
@@ -160,7 +174,7 @@ def run(params: XpcsParams, inputs: list[Path], outdir: Path, progress: Progress
 def _geometry(params: XpcsParams, f, label: str, required: bool) -> DetectorGeometry | None:
     """The geometry; with a q-map file it only gives q values, so its absence is not an error then."""
     try:
-        return resolve_geometry(params, f, label)  # type: ignore[arg-type]  (same field names as SaxsParams)
+        return resolve_any_geometry(params, f, label)
     except (ParameterError, InputDataError):
         if required:
             raise

@@ -4,6 +4,16 @@
 error bars when all are finite and positive. A ROI whose fit fails, or has
 too few finite points, gets NaN parameters and a reason; it never fails the run.
 
+A fit that converges is still only reported where the data can support it.
+Otherwise τ and β (and their errors, and γ) are NaN and the ROI carries a
+flag saying why (``FLAGS``): τ below the first delay (the decay, if any, is
+over before the first point, so β is an extrapolation: pure noise often fits
+as β in the thousands at τ ~ 1 µs), τ above the last delay (no decay within
+the record; also when g2 stays above 1 by more than its error bars at every
+delay, however the fit placed τ), β above 1 (more than full speckle
+contrast), or a decay no larger than its own error (β < 3 σ_β: g2 is flat
+within its error bars).
+
 The g2 points of one ROI are not independent: every delay is formed from the
 same pixels and frames, so the fit's covariance (which assumes independent
 points) misjudges the parameter errors. Given the ROI's g2 with each
@@ -21,6 +31,18 @@ import numpy as np
 from scipy.optimize import OptimizeWarning, curve_fit
 
 PARAMETERS = ("tau_s", "beta", "baseline", "gamma")
+
+# Why a ROI has no τ; "" when it has one.
+FLAGS = {
+    "too_few_points": "too few finite g2 points to fit",
+    "fit_failed": "the fit did not converge",
+    "tau_below_range": "τ below the first delay: the data cannot tell τ or β",
+    "tau_above_range": "τ above the last delay: no decay within the delay range",
+    "beta_above_1": "β above 1: more than full speckle contrast",
+    "no_decay": "no decay larger than its error (β < 3 σ_β): g2 is flat",
+}
+MAX_BETA = 1.0
+MIN_BETA_SIGNIFICANCE = 3.0
 
 
 def g2_model(t: np.ndarray, tau_s: float, beta: float, baseline: float, gamma: float = 1.0) -> np.ndarray:
@@ -44,6 +66,7 @@ class FitResult:
     errors: dict[str, np.ndarray]
     ok: np.ndarray  # (rois,) bool
     messages: list[str] = field(default_factory=list)
+    flags: list[str] = field(default_factory=list)  # per ROI, a key of FLAGS or "" when τ is reported
 
 
 def fit_g2(delay_s: np.ndarray, g2: np.ndarray, g2_err: np.ndarray, stretched: bool = False,
@@ -55,12 +78,14 @@ def fit_g2(delay_s: np.ndarray, g2: np.ndarray, g2_err: np.ndarray, stretched: b
     errors = {p: np.full(rois, np.nan) for p in PARAMETERS}
     ok = np.zeros(rois, bool)
     messages = []
+    flags = ["" for _ in range(rois)]
     free = 4 if stretched else 3
     for k in range(rois):
         y, s = g2[:, k], g2_err[:, k]
         use = np.isfinite(y)
         if use.sum() <= free:
             messages.append(f"ROI {k}: {int(use.sum())} finite g2 points, too few to fit")
+            flags[k] = "too_few_points"
             continue
         t, y, s = delay_s[use], y[use], s[use]
         sigma = s if np.all(np.isfinite(s) & (s > 0)) else None
@@ -87,6 +112,7 @@ def fit_g2(delay_s: np.ndarray, g2: np.ndarray, g2_err: np.ndarray, stretched: b
                                        bounds=(lower, upper), maxfev=5000, jac=jac)
         except (RuntimeError, ValueError) as err:
             messages.append(f"ROI {k}: fit failed ({err})")
+            flags[k] = "fit_failed"
             continue
         perr = np.sqrt(np.clip(np.diag(pcov), 0, None))
         if jackknife is not None:
@@ -95,8 +121,40 @@ def fit_g2(delay_s: np.ndarray, g2: np.ndarray, g2_err: np.ndarray, stretched: b
             values[name][k], errors[name][k] = v, e
         if not stretched:
             values["gamma"][k], errors["gamma"][k] = 1.0, 0.0
+        flag = unsupported(t, values["tau_s"][k], values["beta"][k], errors["beta"][k])
+        if flag in ("tau_below_range", "no_decay") and _correlated_throughout(y, s):
+            flag = "tau_above_range"
+        if flag:
+            messages.append(f"ROI {k}: {FLAGS[flag]} (fitted τ = {values['tau_s'][k]:.3g} s, "
+                            f"β = {values['beta'][k]:.3g} ± {errors['beta'][k]:.2g}); not reported")
+            flags[k] = flag
+            for name in ("tau_s", "beta", "gamma"):
+                values[name][k] = errors[name][k] = np.nan
+            continue
         ok[k] = True
-    return FitResult(values, errors, ok, messages)
+    return FitResult(values, errors, ok, messages, flags)
+
+
+def _correlated_throughout(g2: np.ndarray, g2_err: np.ndarray) -> bool:
+    """g2 - 1 above three of its error bars at every delay: correlation that has not decayed by the last delay
+    (dynamics slower than the record), as opposed to the flat g2 = 1 of a sample without dynamics."""
+    usable = np.isfinite(g2_err) & (g2_err > 0)
+    if not usable.any():
+        return False
+    return bool(np.all(g2[usable] - 1.0 > 3.0 * g2_err[usable]))
+
+
+def unsupported(delay_s: np.ndarray, tau_s: float, beta: float, beta_err: float) -> str:
+    """The key of FLAGS saying why a converged fit's τ and β are not supported by the delays fitted, or ""."""
+    if tau_s < delay_s[0]:
+        return "tau_below_range"
+    if tau_s > delay_s[-1]:
+        return "tau_above_range"
+    if beta > MAX_BETA:
+        return "beta_above_1"
+    if not beta > MIN_BETA_SIGNIFICANCE * beta_err:  # also catches a NaN error
+        return "no_decay"
+    return ""
 
 
 def _jackknife_errors(model, jac, t, curves, sigma, popt, lower, upper, fallback) -> np.ndarray:

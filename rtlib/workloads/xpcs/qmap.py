@@ -41,6 +41,9 @@ class QMap:
     static_q: np.ndarray
     dynamic_phi_deg: np.ndarray  # (rois,) sector centre, NaN when unknown
     source: str
+    # (q bins, φ bins) of a computed q-map, whose label is q_bin·φ_bins + φ_bin + 1; None for a q-map file
+    grid: tuple[int, int] | None = None
+    static_grid: tuple[int, int] | None = None
 
     @property
     def num_dynamic(self) -> int:
@@ -119,7 +122,7 @@ def compute_qmap(geometry: DetectorGeometry, height: int, width: int, num_dynami
     sector = 360.0 / num_phi
     dyn_phi = ((dyn_labels - 1) % num_phi + 0.5) * sector
     return QMap(dynamic, static, mask, dyn_labels, st_labels, _mean_q(q, dynamic, dyn_labels),
-                _mean_q(q, static, st_labels), dyn_phi, "geometry")
+                _mean_q(q, static, st_labels), dyn_phi, "geometry", (num_dynamic_q, num_phi), (num_static_q, num_phi))
 
 
 def _listed_q(f: h5py.File, key: str, labels: np.ndarray) -> np.ndarray | None:
