@@ -46,6 +46,18 @@ def store(store_url):
     s.close()
 
 
+# -- compute ------------------------------------------------------------
+@pytest.fixture(scope="module")
+def compute():
+    """A real dask LocalCluster with two workers, shared by one test module's agents."""
+    from rtlib.compute.local import LocalDaskBackend
+
+    backend = LocalDaskBackend(workers=2)
+    backend.start()
+    yield backend
+    backend.close()
+
+
 # -- config ---------------------------------------------------------------
 @pytest.fixture
 def settings(tmp_path, monkeypatch):

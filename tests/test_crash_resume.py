@@ -16,7 +16,7 @@ from rtlib import jobs
 from rtlib.states import State
 from rtlib.store import JobStore
 
-from helpers import assert_results_home, make_settings, produce, temporaries
+from helpers import assert_results_home, make_settings, produce, temporaries, wait_for
 
 pytestmark = pytest.mark.slow
 RTLIB = [sys.executable, "-m", "rtlib.cli"]
@@ -38,15 +38,6 @@ def _kill(proc: subprocess.Popen) -> None:
     proc.wait(timeout=30)
 
 
-def _wait_for(cond, what: str, timeout_s: float = 90) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if cond():
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
 def test_sigkill_mid_transfer_and_mid_analysis(tmp_path):
     ws = tmp_path / "ws"
     settings = make_settings(ws)
@@ -57,7 +48,7 @@ def test_sigkill_mid_transfer_and_mid_analysis(tmp_path):
     # 1. slow link: kill while files are in flight and some are already done
     agent = _start_agent(ws, "--link-mbps", "8")
     try:
-        _wait_for(lambda: store.items(state="done") and store.list_jobs(states=[State.STAGING_IN]), "a partly staged job")
+        wait_for(lambda: store.items(state="done") and store.list_jobs(states=[State.STAGING_IN]), "a partly staged job")
     finally:
         _kill(agent)
     assert any(it.state == "pending" for it in store.items(direction="in")), "the kill must land mid-transfer"
@@ -65,7 +56,7 @@ def test_sigkill_mid_transfer_and_mid_analysis(tmp_path):
     # 2. restart; kill while an analysis runs
     agent = _start_agent(ws)
     try:
-        _wait_for(lambda: store.list_jobs(states=[State.RUNNING]), "a running analysis")
+        wait_for(lambda: store.list_jobs(states=[State.RUNNING]), "a running analysis")
         time.sleep(0.3)
     finally:
         _kill(agent)

@@ -11,7 +11,6 @@ import numpy as np
 import pytest
 
 from rtlib import jobs
-from rtlib.compute.local import LocalDaskBackend
 from rtlib.errors import EndpointError, ParameterError
 from rtlib.runtime import Runtime, open_runtime
 from rtlib.states import State
@@ -19,14 +18,6 @@ from rtlib.store import JobSpec
 from rtlib.transfer.base import TransferBackend
 
 from helpers import assert_results_home, make_settings, produce, temporaries
-
-
-@pytest.fixture(scope="module")
-def compute():
-    backend = LocalDaskBackend(workers=2)
-    backend.start()
-    yield backend
-    backend.close()
 
 
 def _runtime(settings, compute, **kw) -> Runtime:

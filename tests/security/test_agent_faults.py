@@ -21,7 +21,6 @@ import pytest
 
 from rtlib import jobs
 from rtlib.compute.base import ComputeBackend
-from rtlib.compute.local import LocalDaskBackend
 from rtlib.runtime import Runtime
 from rtlib.states import State
 from rtlib.store import JobStore
@@ -30,14 +29,6 @@ from rtlib.transfer import local as local_mod
 from rtlib.transfer.local import LocalTransferBackend
 
 from helpers import make_settings, produce
-
-
-@pytest.fixture(scope="module")
-def compute():
-    backend = LocalDaskBackend(workers=2)
-    backend.start()
-    yield backend
-    backend.close()
 
 
 class LockedFolders(LocalTransferBackend):

@@ -26,7 +26,7 @@ from rtlib.runtime import open_runtime
 from rtlib.states import State
 from rtlib.store import JobStore
 
-from helpers import make_settings, produce
+from helpers import make_settings, produce, wait_for
 
 RTLIB = [sys.executable, "-m", "rtlib.cli"]
 
@@ -39,15 +39,6 @@ def _digests(folder: Path) -> dict[str, str]:
     return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
-def _wait_for(cond, what: str, timeout_s: float = 90) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if cond():
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
 def test_store_deleted_under_a_running_agent_stops_it_with_an_error(tmp_path):
     ws = tmp_path / "ws"
     settings = make_settings(ws)
@@ -57,7 +48,7 @@ def test_store_deleted_under_a_running_agent_stops_it_with_an_error(tmp_path):
     job = jobs.submit(store, settings, "noop", source_endpoint=ep, inputs=[rel])
     agent = subprocess.Popen([*RTLIB, "agent", "--workspace", str(ws), "--no-progress"], stderr=subprocess.PIPE, text=True, env=_env())
     try:
-        _wait_for(lambda: store.get_job(job).state == State.DONE, "the first job to be done")
+        wait_for(lambda: store.get_job(job).state == State.DONE, "the first job to be done")
         store.close()
         for path in db.parent.glob(db.name + "*"):  # rm rtlib.db*, as an operator would
             path.unlink()
