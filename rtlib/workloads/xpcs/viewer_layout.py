@@ -74,6 +74,8 @@ def qmap_sections(qmap: QMap, geometry: DetectorGeometry | None, dynamic_pixels:
 
 
 def entry_sections(frame_time_s: float, count_time_s: float) -> dict[str, dict[str, Any]]:
+    """``/entry``: when the run was, and the frame and count times the viewer scales delays with (rtlib reads no
+    exposure time, so the caller passes the frame time for both)."""
     return {"/entry": {"start_time": datetime.now(timezone.utc).isoformat(timespec="seconds")},
             "/entry/instrument/detector_1": {"frame_time": (frame_time_s, "s"), "count_time": (count_time_s, "s")},
             "/entry/instrument/bluesky/metadata": {},
@@ -107,7 +109,8 @@ def stability_segments(cumulative: list[tuple[int, np.ndarray]], pixels: np.ndar
 def twotime_sections(maps: list[np.ndarray], columns: list[int], frame_binning: int,
                      dt_s: float) -> dict[str, dict[str, Any]]:
     """C2 as the upper triangle per ROI column (1-based ``columns``), and its diagonal averages over the record
-    and over segments of it."""
+    and over segments of it (delays of 1 step and more: the upper triangle). Zeroes the lower triangle of
+    ``maps`` in place."""
     steps = maps[0].shape[0] if maps else 0
     full = max(steps // 2, 1)
     seg_len = steps // TWOTIME_SEGMENTS
@@ -120,7 +123,9 @@ def twotime_sections(maps: list[np.ndarray], columns: list[int], frame_binning: 
         # nanmean of an all-NaN diagonal (a time step without counts) is NaN, as intended
         warnings.simplefilter("ignore", RuntimeWarning)
         for k, c2 in enumerate(maps):
-            upper[k] = np.triu(c2)
+            for row in range(1, steps):  # in place: a second (steps, steps) copy per ROI would double the memory
+                c2[row, :row] = 0.0
+            upper[k] = c2
             g2[:, k] = _diagonal_means(c2, 1, full)
             for s in range(segments):
                 block = c2[s * seg_len:(s + 1) * seg_len, s * seg_len:(s + 1) * seg_len]
