@@ -16,9 +16,10 @@ from rtlib.workloads.laue.peaks import find_peaks
 DEPTH_RANGE = {"depth_start_um": -10.0, "depth_end_um": 60.0, "depth_step_um": 1.0}
 
 
-def _run(tmp_path: Path, sources, seed=5, size=64, **params):
+def _run(tmp_path: Path, sources, seed=5, size=64, wire_step_um=1.0, **params):
     scan = tmp_path / "scan.h5"
-    write_laue_scan(scan, height_px=size, width_px=size, sources=sources, depth_end_um=55.0, seed=seed)
+    write_laue_scan(scan, height_px=size, width_px=size, sources=sources, depth_end_um=55.0, seed=seed,
+                    wire_step_um=wire_step_um)
     wl = get_workload("laue")
     out = tmp_path / "out"
     out.mkdir()
@@ -67,8 +68,11 @@ def test_spots_two_px_apart_at_different_depths_are_two_peaks(tmp_path):
     _assert_each_found_once(peaks, sources)
 
 
-def test_crowded_scene_no_noise_peaks(tmp_path):
+@pytest.mark.parametrize("wire_step_um", [1.0, 1.9])
+def test_crowded_scene_no_noise_peaks(tmp_path, wire_step_um):
     # Ten well separated sources and three pairs sharing pixels: exactly 16 peaks, no noise peaks between them.
+    # With 1.9 um wire steps each step sweeps 1.34 um of depth: a source spreads over 2-3 depth bins, whose
+    # noisy maxima must not count as two peaks.
     lone = random_sources(10, 96, 96, depth_end_um=50.0, seed=21, min_separation_px=14.0)
     pairs = []
     for x, y, d0, d1 in ((30.0, 30.0, 5.5, 9.5), (60.0, 70.0, 20.2, 44.7), (75.0, 20.0, 33.0, 40.0)):
@@ -76,8 +80,9 @@ def test_crowded_scene_no_noise_peaks(tmp_path):
             pairs += [LaueSource(depth_um=d0, x_px=x, y_px=y, counts=4500.0), LaueSource(depth_um=d1, x_px=x + 0.3, y_px=y, counts=3500.0)]
     sources = lone + pairs
     assert len(pairs) >= 4
-    _, peaks = _run(tmp_path, sources, seed=3, size=96)
-    _assert_each_found_once(peaks, sources, rel_intensity=0.15)
+    summary, peaks = _run(tmp_path, sources, seed=3, size=96, wire_step_um=wire_step_um)
+    assert summary["depth_resolution_um"] == pytest.approx(max(1.0, wire_step_um / np.sqrt(2)), rel=0.03)
+    _assert_each_found_once(peaks, sources, depth_tolerance_um=0.75 if wire_step_um == 1.0 else 1.0, rel_intensity=0.15)
 
 
 def test_separation_parameter_merges_or_splits():

@@ -4,9 +4,12 @@ A peak is a local maximum of the background-subtracted stack over
 ``2 * separation + 1`` depths by ``2 * window_px + 1`` pixels square, where
 ``separation`` is the depth resolution in bins (``depth_resolution_bins``,
 at least one): so two maxima along depth more than the depth resolution
-apart are two peaks, in the same pixel or in neighbouring ones. This is the
-case depth-resolved Laue exists for: two grains on the beam whose spots
-fall on the same pixels.
+apart are two peaks, in the same pixel or in neighbouring ones, where the
+depth profile of the weaker one's 3 x 3 pixel neighbourhood dips between
+them to below half its value (a source spreads over the depth one wire step
+sweeps, and noise can put two maxima on it: ``_separate_in_depth``). This
+is the case depth-resolved Laue exists for: two grains on the beam whose
+spots fall on the same pixels.
 
 The background of each depth slice is its median. The noise is judged
 locally: a bright spot's own counting noise lands at the depths its pixels
@@ -23,8 +26,9 @@ noises added in quadrature), which keeps single noise spikes out.
 The centroid and the integrated intensity are taken over the peak's box,
 ``2 * window_depth_bins + 1`` depths by ``2 * window_px + 1`` pixels, from
 the background-subtracted values (the centroid from those clearly above the
-noise); where another maximum's box overlaps at another depth, the depth
-extent stops half way to it, so that neither peak takes the other's counts.
+noise); where another peak's box overlaps it further than the depth
+resolution away, the depth extent stops half way to it, so that neither
+peak takes the other's counts.
 """
 
 from __future__ import annotations
@@ -45,6 +49,9 @@ _SAMPLE_STRIDE = 4
 _NOISE_REACH_FACTOR = 5
 # Voxels below this many overall sigmas are left out of a centroid.
 _CENTROID_FLOOR_SIGMA = 3.0
+# Two maxima near each other in (row, col) are separate peaks only if the depth profile between them falls below
+# this fraction of the weaker one (over its 3 x 3 pixel neighbourhood).
+_DIP_FRACTION = 0.5
 # The local noise is computed this many bytes of float64 working arrays at a time.
 _NOISE_BLOCK_BYTES = 64 * 2**20
 
@@ -133,21 +140,24 @@ def find_peaks(
         if kept[i]:
             near = np.all(np.abs(candidates[i + 1:] - candidates[i]) <= (separation, window_px, window_px), axis=1)
             kept[i + 1:] &= ~near
-    candidates = candidates[kept]
+    candidates = _separate_in_depth(signal, candidates[kept], separation, window_px)
+    # First which maxima are significant (their boxes cut against the brighter peaks already accepted), then
+    # every accepted peak's box cut against all the others, so that no peak keeps another's counts.
+    accepted: list[tuple[int, int, int]] = []
+    for k, r, c in candidates.tolist():
+        if len(accepted) >= max_peaks:
+            break
+        box = _box(accepted, k, r, c, window_depth_bins, window_px, separation, signal.shape)
+        intensity = float(signal[box].sum(dtype=np.float64))
+        # The sum must be significant too: threshold_sigma times the noise of a sum over the box.
+        if intensity >= max(min_intensity, float(np.sqrt(limit_squared[box].sum(dtype=np.float64)))):
+            accepted.append((k, r, c))
     rows: list[tuple] = []
     profiles: list[np.ndarray] = []
-    for k, r, c in candidates.tolist():
-        if len(rows) >= max_peaks:
-            break
-        k0, k1 = _depth_extent(candidates, k, r, c, window_depth_bins, window_px, depths)
-        box = (slice(k0, k1),
-               slice(max(0, r - window_px), min(height, r + window_px + 1)),
-               slice(max(0, c - window_px), min(width, c + window_px + 1)))
+    for k, r, c in accepted:
+        box = _box(accepted, k, r, c, window_depth_bins, window_px, separation, signal.shape)
         values = signal[box].astype(np.float64)
         intensity = float(values.sum())
-        # The sum must be significant too: threshold_sigma times the noise of a sum over the box.
-        if intensity < max(min_intensity, float(np.sqrt(limit_squared[box].sum(dtype=np.float64)))):
-            continue
         # Only voxels clearly above the noise weigh in: clipped noise alone would pull the centroid to the box centre.
         weights = np.where(values > _CENTROID_FLOOR_SIGMA * overall, values, 0.0)
         total = weights.sum()
@@ -163,15 +173,43 @@ def find_peaks(
     return peaks, profile_array
 
 
-def _depth_extent(candidates: np.ndarray, k: int, r: int, c: int, half_depth: int, window_px: int, depths: int) -> tuple[int, int]:
-    """[k0, k1) of a peak's box: ``half_depth`` either side of ``k``, stopping short of half way to any
-    other maximum at another depth whose pixel box overlaps this one's."""
+def _separate_in_depth(signal: np.ndarray, candidates: np.ndarray, separation: int, window_px: int) -> np.ndarray:
+    """The candidates (brightest first) that are peaks of their own: a maximum near a brighter one in (row, col)
+    and further than ``separation`` from it in depth counts only where the depth profile of its pixel
+    neighbourhood dips between the two to below ``_DIP_FRACTION`` of its own value; otherwise it is the
+    brighter one's noisy flank (a source spreads over the depth one wire step sweeps)."""
+    depths, height, width = signal.shape
+    kept: list[int] = []
+    for i, (k, r, c) in enumerate(candidates.tolist()):
+        brighter = candidates[kept] if kept else np.empty((0, 3), dtype=candidates.dtype)
+        near = brighter[np.all(np.abs(brighter[:, 1:] - (r, c)) <= window_px, axis=1)]
+        if near.size:
+            profile = signal[:, max(0, r - 1):r + 2, max(0, c - 1):c + 2].sum(axis=(1, 2), dtype=np.float64)
+            own = profile[k]
+            for other in near[:, 0].tolist():
+                low, high = sorted((k, other))
+                if high - low > 1 and profile[low + 1:high].min() >= _DIP_FRACTION * own:
+                    break
+            else:
+                kept.append(i)
+            continue
+        kept.append(i)
+    return candidates[kept]
+
+
+def _box(peaks: list[tuple[int, int, int]], k: int, r: int, c: int, half_depth: int, window_px: int, separation: int,
+         shape: tuple[int, int, int]) -> tuple[slice, slice, slice]:
+    """A peak's box: ``half_depth`` either side of ``k`` and ``window_px`` of ``(r, c)``; in depth it stops short
+    of half way to any of the other ``peaks`` more than ``separation`` away in depth whose pixel box overlaps."""
+    depths, height, width = shape
     k0, k1 = max(0, k - half_depth), min(depths, k + half_depth + 1)
-    others = candidates[np.all(np.abs(candidates[:, 1:] - (r, c)) <= 2 * window_px, axis=1)]
-    gap = others[:, 0] - k
-    deeper, shallower = gap[gap > 0], -gap[gap < 0]
-    if deeper.size:
-        k1 = min(k1, k + (int(deeper.min()) - 1) // 2 + 1)
-    if shallower.size:
-        k0 = max(k0, k - (int(shallower.min()) - 1) // 2)
-    return k0, k1
+    if peaks:
+        others = np.array(peaks)
+        gap = others[np.all(np.abs(others[:, 1:] - (r, c)) <= 2 * window_px, axis=1), 0] - k
+        deeper, shallower = gap[gap > separation], -gap[gap < -separation]
+        if deeper.size:
+            k1 = min(k1, k + (int(deeper.min()) - 1) // 2 + 1)
+        if shallower.size:
+            k0 = max(k0, k - (int(shallower.min()) - 1) // 2)
+    return (slice(k0, k1), slice(max(0, r - window_px), min(height, r + window_px + 1)),
+            slice(max(0, c - window_px), min(width, c + window_px + 1)))
