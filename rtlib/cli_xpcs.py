@@ -98,13 +98,31 @@ def synth_xpcs(
     seed: int = typer.Option(0),
     compression: Optional[str] = typer.Option(None, help="gzip, lz4 or bslz4"),
     qmap: Optional[Path] = typer.Option(None, "--qmap", help="also write the rings as a q-map file here"),
+    file_format: str = typer.Option("hdf5", "--format", help="hdf5, or rigaku: a Rigaku 500k photon-event .bin "
+                                    "file (the frames in the corner of its 512 x 1024 module; no metadata, so "
+                                    "analyze it with --frame-time-s and the q-map)"),
 ):
     """Speckle with a known relaxation time per q ring and Poisson counts (XPCS ground truth)."""
-    from .synth.xpcs import write_xpcs_file
+    import tempfile
 
+    from .errors import ParameterError
+    from .synth.xpcs import write_rigaku_file, write_xpcs_file
+
+    if file_format not in ("hdf5", "rigaku"):
+        raise ParameterError(f"--format {file_format!r}: use hdf5 or rigaku")
     path.parent.mkdir(parents=True, exist_ok=True)
-    truth = write_xpcs_file(path, frames=frames, height=height_px, width=width_px, frame_time_s=frame_time_s,
-                            num_q_rings=num_q_rings, tau_min_s=tau_min_s, tau_max_s=tau_max_s, beta=beta,
-                            mean_counts=mean_counts, seed=seed, compression=compression, qmap_path=qmap)
+    options = dict(frames=frames, height=height_px, width=width_px, frame_time_s=frame_time_s, num_q_rings=num_q_rings,
+                   tau_min_s=tau_min_s, tau_max_s=tau_max_s, beta=beta, mean_counts=mean_counts, seed=seed)
+    if file_format == "hdf5":
+        truth = write_xpcs_file(path, compression=compression, qmap_path=qmap, **options)
+    else:
+        with tempfile.TemporaryDirectory(prefix=".synth-", dir=path.parent) as tmp:
+            dense, dense_qmap = Path(tmp) / "dense.h5", Path(tmp) / "qmap.h5"
+            truth = write_xpcs_file(dense, qmap_path=dense_qmap, **options)
+            truth["rigaku"] = write_rigaku_file(dense, path, dense_qmap, qmap)
+            truth["path"] = str(path)
+            truth.pop("qmap_path")
+            if qmap is not None:
+                truth["qmap_path"] = str(qmap)
     console.print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB, {frames} frames)")
     console.print_json(json.dumps(truth, default=str))

@@ -45,7 +45,10 @@ import numpy as np
 from .detector import _compression_options, _group, _scalar, _write_geometry
 from .geometry import Geometry, pixel_q_map
 
-__all__ = ["expected_g2", "expected_mean_counts", "read_xpcs_truth", "write_qmap_file", "write_xpcs_file"]
+__all__ = ["expected_g2", "expected_mean_counts", "read_xpcs_truth", "write_qmap_file", "write_rigaku_file",
+           "write_xpcs_file"]
+
+RIGAKU_SHAPE = (512, 1024)
 
 _FRAMES_PER_BLOCK = 64
 
@@ -186,6 +189,44 @@ def write_qmap_file(path: str | Path, layout: dict[str, Any], static_per_dynamic
         data["dqlist"] = 0.5 * (edges[:-1] + edges[1:])
         data["sqlist"] = 0.5 * (static_edges[:-1] + static_edges[1:])
     return path
+
+
+def write_rigaku_file(dense_path: str | Path, bin_path: str | Path, qmap_path: str | Path | None = None,
+                      rigaku_qmap_path: str | Path | None = None) -> dict[str, Any]:
+    """The frames of a (smaller) dense file written by ``write_xpcs_file`` as a Rigaku XSPA-500k photon-event file:
+    placed in the top-left corner of the 512 x 1024 module (the rest dark), one little-endian 64-bit word per
+    pixel with counts per frame — frame index in bits 40-63, row-major pixel index in bits 16-36, count in bits
+    0-11. ``qmap_path``'s maps, padded with 0 (excluded) to the module, go to ``rigaku_qmap_path``."""
+    rows, cols = RIGAKU_SHAPE
+    events = 0
+    with h5py.File(dense_path, "r") as f, open(bin_path, "wb") as out:
+        data = f["/entry/data/data"]
+        frames, height, width = data.shape
+        if height > rows or width > cols:
+            raise ValueError(f"frames of {height} x {width} do not fit the {rows} x {cols} module")
+        for start in range(0, frames, _FRAMES_PER_BLOCK):
+            block = np.asarray(data[start:start + _FRAMES_PER_BLOCK], dtype=np.uint64)
+            if block.max(initial=0) >= 2**12:
+                raise ValueError("counts above 4095 do not fit a Rigaku event word")
+            frame, y, x = np.nonzero(block)
+            words = ((frame.astype(np.uint64) + np.uint64(start)) << np.uint64(40)) \
+                | ((y.astype(np.uint64) * np.uint64(cols) + x.astype(np.uint64)) << np.uint64(16)) | block[frame, y, x]
+            words.astype("<u8").tofile(out)
+            events += len(words)
+        last = np.asarray(data[frames - 1])
+    if not last.any():
+        raise ValueError("the last frame has no photon: a Rigaku file would end a frame early")
+    if qmap_path is not None and rigaku_qmap_path is not None:
+        with h5py.File(qmap_path, "r") as src, h5py.File(rigaku_qmap_path, "w") as dst:
+            for name, obj in src["data"].items():
+                value = obj[()]
+                if name in ("dynamicMap", "staticMap", "mask"):
+                    padded = np.zeros(RIGAKU_SHAPE, dtype=value.dtype)
+                    padded[:height, :width] = value
+                    value = padded
+                dst[f"data/{name}"] = value
+    return {"path": str(bin_path), "frames": frames, "shape": [frames, rows, cols], "events": events,
+            "photons_per_pixel_per_frame": events / (frames * rows * cols), "patch": [height, width]}
 
 
 def read_xpcs_truth(path: str | Path) -> dict[str, Any]:

@@ -1,7 +1,7 @@
 """XPCS: multi-tau g2 and two-time correlation per q ROI, fits of τ(q), and the static results, APS layout.
 
-One run reads one detector file (``reader.select_inputs``) ``frames_per_chunk``
-frames at a time; the correlators keep only their own state (see
+One run reads one detector file (``reader.select_inputs``: an HDF5 frame stack, or
+a Rigaku photon-event ``.bin`` file, ``rigaku``) ``frames_per_chunk`` frames at a time; the correlators keep only their own state (see
 ``multitau`` and ``twotime``), never the frame stack. The q partitions come
 from a q-map file staged with the job or from the geometry (``qmap``).
 Results: ``xpcs.h5`` (layout in ``output``).
@@ -9,6 +9,7 @@ Results: ``xpcs.h5`` (layout in ``output``).
 
 from __future__ import annotations
 
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +24,7 @@ from .multitau import MultiTau
 from .output import H5_NAME, write_results
 from .params import XpcsParams
 from .qmap import QMap, compute_qmap, load_qmap
+from .rigaku import RigakuFrames, is_rigaku
 from .reader import checked_chunks, frame_time, frames_dataset, open_detector_file, select_inputs
 from .single_pass import frame_pass
 from .twotime import TwoTime
@@ -44,8 +46,9 @@ def run(params: XpcsParams, inputs: list[Path], outdir: Path, progress: Progress
     do_multitau = params.mode in ("multitau", "both")
     do_twotime = params.mode in ("twotime", "both")
     staged = [*inputs, *([qmap_path] if qmap_path is not None else [])]
-    with open_detector_file(path, staged) as f:
-        frames = frames_dataset(f, params.dataset_path, label)
+    rigaku = is_rigaku(path)  # photon events, no metadata: frame time and geometry from the parameters
+    with nullcontext({}) if rigaku else open_detector_file(path, staged) as f:
+        frames = RigakuFrames(path) if rigaku else frames_dataset(f, params.dataset_path, label)
         total, height, width = frames.shape
         if total < 2:
             raise InputDataError(f"{label}: {params.dataset_path} has {total} frame; correlation needs at least 2")
@@ -74,7 +77,9 @@ def run(params: XpcsParams, inputs: list[Path], outdir: Path, progress: Progress
         boundaries = [round(total * (i + 1) / STABILITY_SEGMENTS) for i in range(STABILITY_SEGMENTS)]
         cumulative: list[tuple[int, np.ndarray]] = []
         progress(0.0, f"correlating {total} frames of {height} x {width} from {path.name} ({qmap.num_dynamic} dynamic ROIs)")
-        for start, stop, block in checked_chunks(frames, params.frames_per_chunk, label):
+        chunks = (frames.chunks(params.frames_per_chunk) if rigaku
+                  else checked_chunks(frames, params.frames_per_chunk, label))
+        for start, stop, block in chunks:
             flat = block.reshape(stop - start, height * width)
             good_sums, dynamic = frame_pass(flat, good, pixel_index, image_sum)
             with np.errstate(invalid="ignore", divide="ignore"):
