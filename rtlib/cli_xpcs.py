@@ -24,7 +24,7 @@ xpcs_app = typer.Typer(help="X-ray photon correlation spectroscopy on one detect
 
 @xpcs_app.command("analyze")
 def analyze(
-    raw: Path = typer.Argument(..., help="detector HDF5 file (frames at /entry/data/data)"),
+    raw: Path = typer.Argument(..., help="detector file: HDF5 (frames at /entry/data/data) or Rigaku .bin photon events (give --frame-time-s)"),
     output: Path = typer.Option(..., "--output", "-o", help="result HDF5 file to write (APS 8-ID-I layout)"),
     qmap: Optional[Path] = typer.Option(None, "--qmap", help="q-map HDF5 (APS mask-tool layout); default: computed from the geometry"),
     mode: str = typer.Option("multitau", help="multitau, twotime or both"),
@@ -98,18 +98,19 @@ def synth_xpcs(
     seed: int = typer.Option(0),
     compression: Optional[str] = typer.Option(None, help="gzip, lz4 or bslz4"),
     qmap: Optional[Path] = typer.Option(None, "--qmap", help="also write the rings as a q-map file here"),
-    file_format: str = typer.Option("hdf5", "--format", help="hdf5, or rigaku: a Rigaku 500k photon-event .bin "
-                                    "file (the frames in the corner of its 512 x 1024 module; no metadata, so "
-                                    "analyze it with --frame-time-s and the q-map)"),
+    file_format: str = typer.Option("hdf5", "--format", help="hdf5; rigaku: a Rigaku 500k photon-event .bin "
+                                    "file (the frames in the corner of its 512 x 1024 module); rigaku3m: the six "
+                                    "module files PATH.000 ... PATH.005 of a Rigaku 3M (the frames in one module). "
+                                    "No metadata in either: analyze with --frame-time-s and the q-map"),
 ):
     """Speckle with a known relaxation time per q ring and Poisson counts (XPCS ground truth)."""
     import tempfile
 
     from .errors import ParameterError
-    from .synth.xpcs import write_rigaku_file, write_xpcs_file
+    from .synth.xpcs import write_rigaku3m_files, write_rigaku_file, write_xpcs_file
 
-    if file_format not in ("hdf5", "rigaku"):
-        raise ParameterError(f"--format {file_format!r}: use hdf5 or rigaku")
+    if file_format not in ("hdf5", "rigaku", "rigaku3m"):
+        raise ParameterError(f"--format {file_format!r}: use hdf5, rigaku or rigaku3m")
     path.parent.mkdir(parents=True, exist_ok=True)
     options = dict(frames=frames, height=height_px, width=width_px, frame_time_s=frame_time_s, num_q_rings=num_q_rings,
                    tau_min_s=tau_min_s, tau_max_s=tau_max_s, beta=beta, mean_counts=mean_counts, seed=seed)
@@ -119,10 +120,15 @@ def synth_xpcs(
         with tempfile.TemporaryDirectory(prefix=".synth-", dir=path.parent) as tmp:
             dense, dense_qmap = Path(tmp) / "dense.h5", Path(tmp) / "qmap.h5"
             truth = write_xpcs_file(dense, qmap_path=dense_qmap, **options)
-            truth["rigaku"] = write_rigaku_file(dense, path, dense_qmap, qmap)
+            if file_format == "rigaku":
+                truth["rigaku"] = write_rigaku_file(dense, path, dense_qmap, qmap)
+            else:
+                truth["rigaku3m"] = write_rigaku3m_files(dense, path, 3, dense_qmap, qmap)
             truth["path"] = str(path)
             truth.pop("qmap_path")
             if qmap is not None:
                 truth["qmap_path"] = str(qmap)
-    console.print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB, {frames} frames)")
+    written = [path] if path.exists() else sorted(path.parent.glob(f"{path.name}.00[0-5]"))
+    console.print(f"wrote {', '.join(p.name for p in written)} ({sum(p.stat().st_size for p in written) / 1e6:.1f} MB, "
+                  f"{frames} frames)")
     console.print_json(json.dumps(truth, default=str))

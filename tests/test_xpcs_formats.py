@@ -1,4 +1,4 @@
-"""8-ID-I's Rigaku photon-event files (.bin) in: the same g2 as the dense HDF5 of the same frames, streamed in
+"""8-ID-I's Rigaku photon-event files (.bin, and the six module files of a Rigaku 3M) in: the same g2 as the dense HDF5 of the same frames, streamed in
 blocks and chunks of any size; damaged or unsupported files refused with the word that is wrong."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 
 from rtlib.cli_xpcs import synth_xpcs, xpcs_app
 from rtlib.errors import InputDataError
-from rtlib.synth.xpcs import write_rigaku_file, write_xpcs_file
+from rtlib.synth.xpcs import write_rigaku3m_files, write_rigaku_file, write_xpcs_file
 from rtlib.workloads.xpcs import rigaku, workload
 
 FRAMES, SIZE = 300, 40
@@ -63,6 +63,28 @@ def test_rigaku_gives_the_g2_of_the_dense_file(pair, tmp_path, monkeypatch, bloc
     np.testing.assert_allclose(events_summary["tau_s"], truth["tau_s"], rtol=0.25)  # and both are the truth
 
 
+def test_rigaku_3m_modules_are_placed_as_the_instrument_arranges_them(pair, tmp_path):
+    d, truth, _ = pair
+    info = write_rigaku3m_files(d / "dense.h5", tmp_path / "scan.bin", 3, d / "qmap.h5", tmp_path / "qmap_3m.h5")
+    frames = rigaku.open_rigaku(tmp_path / "scan.bin.004")  # any one of the six names the record
+    assert frames.shape == (FRAMES, 1676, 2100)
+    *_, last = frames.chunks(FRAMES)
+    block = last[2][-1]
+    # Each other module's one photon, (file number + 1) counts at its pixel (0, 0): position p holds file
+    # (5, 0, 4, 1, 3, 2)[p], rows 512 + 70 and columns 1024 + 52 apart; odd files' 2^20 index offset undone.
+    for position, number in enumerate((5, 0, 4, 1, 3, 2)):
+        if position != 3:
+            assert block[position // 2 * 582, position % 2 * 1076] == number + 1
+    assert block.sum() == sum(n + 1 for n in (5, 0, 4, 3, 2)) + last[2][-1, 582:622, 1076:1116].sum()
+    dense_summary, dense = _run([d / "dense.h5", d / "qmap.h5"], tmp_path / "dense", qmap_file=str(d / "qmap.h5"))
+    summary, events = _run([tmp_path / "scan.bin.000", tmp_path / "qmap_3m.h5"], tmp_path / "events",
+                           qmap_file=str(tmp_path / "qmap_3m.h5"), frame_time_s=truth["frame_time_s"])
+    assert info["patch_origin"] == [582, 1076] and summary["frames"] == FRAMES
+    np.testing.assert_allclose(events["multitau/normalized_g2"], dense["multitau/normalized_g2"], rtol=1e-12)
+    np.testing.assert_allclose(events["temporal_mean/scattering_2d"][0, 582:622, 1076:1116],
+                               dense["temporal_mean/scattering_2d"][0], rtol=1e-6)
+
+
 def test_cli_writes_and_analyzes_a_rigaku_file(tmp_path):
     app = typer.Typer()
     synth = typer.Typer()
@@ -99,10 +121,13 @@ def test_damaged_event_files_are_refused(tmp_path, words, message):
             pass
 
 
-def test_truncated_and_six_module_files_are_refused(tmp_path):
+def test_truncated_files_and_incomplete_3m_records_are_refused(tmp_path):
     path = tmp_path / "cut.bin"
     path.write_bytes(np.array([_word(0, 1, 1)], dtype="<u8").tobytes() + b"\0\0\0")
     with pytest.raises(InputDataError, match="not a whole number of 64-bit"):
         rigaku.RigakuFrames(path)
-    with pytest.raises(InputDataError, match="Rigaku 3M six-module"):
-        rigaku.is_rigaku(tmp_path / "scan.bin.003")
+    for n in (0, 1, 2, 4, 5):
+        np.array([_word(0, 1, 1)], dtype="<u8").tofile(tmp_path / f"scan.bin.{n:03d}")
+    assert rigaku.is_rigaku(tmp_path / "scan.bin.000")
+    with pytest.raises(InputDataError, match=r"Rigaku 3M record, but scan\.bin\.003 is not beside it"):
+        rigaku.open_rigaku(tmp_path / "scan.bin.000")

@@ -45,10 +45,14 @@ import numpy as np
 from .detector import _compression_options, _group, _scalar, _write_geometry
 from .geometry import Geometry, pixel_q_map
 
-__all__ = ["expected_g2", "expected_mean_counts", "read_xpcs_truth", "write_qmap_file", "write_rigaku_file",
-           "write_xpcs_file"]
+__all__ = ["expected_g2", "expected_mean_counts", "read_xpcs_truth", "write_qmap_file", "write_rigaku3m_files",
+           "write_rigaku_file", "write_xpcs_file"]
 
 RIGAKU_SHAPE = (512, 1024)
+# Rigaku 3M: 3 x 2 modules, 70 rows and 52 columns apart; the module file at each position, row by row
+RIGAKU3M_FILES = (5, 0, 4, 1, 3, 2)
+RIGAKU3M_GAP = (70, 52)
+RIGAKU3M_SHAPE = (3 * 512 + 2 * 70, 2 * 1024 + 52)
 
 _FRAMES_PER_BLOCK = 64
 
@@ -227,6 +231,45 @@ def write_rigaku_file(dense_path: str | Path, bin_path: str | Path, qmap_path: s
                 dst[f"data/{name}"] = value
     return {"path": str(bin_path), "frames": frames, "shape": [frames, rows, cols], "events": events,
             "photons_per_pixel_per_frame": events / (frames * rows * cols), "patch": [height, width]}
+
+
+def _rigaku_words(frame: np.ndarray, pixel: np.ndarray, count: np.ndarray) -> np.ndarray:
+    return ((frame.astype(np.uint64) << np.uint64(40)) | (pixel.astype(np.uint64) << np.uint64(16))
+            | count.astype(np.uint64)).astype("<u8")
+
+
+def write_rigaku3m_files(dense_path: str | Path, stem: str | Path, position: int = 3, qmap_path: str | Path | None = None,
+                         rigaku_qmap_path: str | Path | None = None) -> dict[str, Any]:
+    """The frames of a dense ``write_xpcs_file`` file as a Rigaku 3M record, ``STEM.000`` … ``STEM.005``: placed in
+    the top-left corner of the module at ``position`` (0-5, row by row in the 3 x 2 layout). Every other module
+    records one photon, at its pixel (0, 0) in the last frame, of (its file number + 1) counts, so the
+    arrangement can be checked; odd-numbered files store pixel indices offset by 2^20, as some modules do.
+    ``qmap_path``'s maps, placed the same way in the 1676 x 2100 frame, go to ``rigaku_qmap_path``."""
+    stem = Path(stem)
+    file_number = RIGAKU3M_FILES[position]
+    module_bin = stem.with_name(f"{stem.name}.{file_number:03d}")
+    info = write_rigaku_file(dense_path, module_bin)
+    frames, (height, width) = info["frames"], info["patch"]
+    words = np.fromfile(module_bin, dtype="<u8")
+    if file_number % 2:
+        words = words + (np.uint64(2**20) << np.uint64(16))
+        words.astype("<u8").tofile(module_bin)
+    for n in set(range(6)) - {file_number}:
+        pixel = np.array([2**20 if n % 2 else 0])
+        _rigaku_words(np.array([frames - 1]), pixel, np.array([n + 1])).tofile(stem.with_name(f"{stem.name}.{n:03d}"))
+    row = position // 2 * (512 + RIGAKU3M_GAP[0])
+    col = position % 2 * (1024 + RIGAKU3M_GAP[1])
+    if qmap_path is not None and rigaku_qmap_path is not None:
+        with h5py.File(qmap_path, "r") as src, h5py.File(rigaku_qmap_path, "w") as dst:
+            for name, obj in src["data"].items():
+                value = obj[()]
+                if name in ("dynamicMap", "staticMap", "mask"):
+                    placed = np.zeros(RIGAKU3M_SHAPE, dtype=value.dtype)
+                    placed[row:row + height, col:col + width] = value
+                    value = placed
+                dst[f"data/{name}"] = value
+    return {"stem": str(stem), "frames": frames, "shape": [frames, *RIGAKU3M_SHAPE], "position": position,
+            "file_number": file_number, "patch_origin": [row, col], "patch": [height, width]}
 
 
 def read_xpcs_truth(path: str | Path) -> dict[str, Any]:

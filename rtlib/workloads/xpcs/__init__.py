@@ -24,7 +24,7 @@ from .multitau import MultiTau
 from .output import H5_NAME, write_results
 from .params import XpcsParams
 from .qmap import QMap, compute_qmap, load_qmap
-from .rigaku import RigakuFrames, is_rigaku
+from .rigaku import is_rigaku, open_rigaku
 from .reader import checked_chunks, frame_time, frames_dataset, open_detector_file, select_inputs
 from .single_pass import frame_pass
 from .twotime import TwoTime
@@ -48,7 +48,7 @@ def run(params: XpcsParams, inputs: list[Path], outdir: Path, progress: Progress
     staged = [*inputs, *([qmap_path] if qmap_path is not None else [])]
     rigaku = is_rigaku(path)  # photon events, no metadata: frame time and geometry from the parameters
     with nullcontext({}) if rigaku else open_detector_file(path, staged) as f:
-        frames = RigakuFrames(path) if rigaku else frames_dataset(f, params.dataset_path, label)
+        frames = open_rigaku(path) if rigaku else frames_dataset(f, params.dataset_path, label)
         total, height, width = frames.shape
         if total < 2:
             raise InputDataError(f"{label}: {params.dataset_path} has {total} frame; correlation needs at least 2")
