@@ -98,7 +98,8 @@ def synth_xpcs(
     seed: int = typer.Option(0),
     compression: Optional[str] = typer.Option(None, help="gzip, lz4 or bslz4"),
     qmap: Optional[Path] = typer.Option(None, "--qmap", help="also write the rings as a q-map file here"),
-    file_format: str = typer.Option("hdf5", "--format", help="hdf5; rigaku: a Rigaku 500k photon-event .bin "
+    file_format: str = typer.Option("hdf5", "--format", help="hdf5; hdf5-bslz4: the same, bitshuffle/LZ4 "
+                                    "compressed as 8-ID-I's Eiger writes it; rigaku: a Rigaku 500k photon-event .bin "
                                     "file (the frames in the corner of its 512 x 1024 module); rigaku3m: the six "
                                     "module files PATH.000 ... PATH.005 of a Rigaku 3M (the frames in one module). "
                                     "No metadata in either: analyze with --frame-time-s and the q-map"),
@@ -109,8 +110,10 @@ def synth_xpcs(
     from .errors import ParameterError
     from .synth.xpcs import write_rigaku3m_files, write_rigaku_file, write_xpcs_file
 
-    if file_format not in ("hdf5", "rigaku", "rigaku3m"):
-        raise ParameterError(f"--format {file_format!r}: use hdf5, rigaku or rigaku3m")
+    if file_format not in ("hdf5", "hdf5-bslz4", "rigaku", "rigaku3m"):
+        raise ParameterError(f"--format {file_format!r}: use hdf5, hdf5-bslz4, rigaku or rigaku3m")
+    if file_format == "hdf5-bslz4":
+        file_format, compression = "hdf5", "bslz4"
     path.parent.mkdir(parents=True, exist_ok=True)
     options = dict(frames=frames, height=height_px, width=width_px, frame_time_s=frame_time_s, num_q_rings=num_q_rings,
                    tau_min_s=tau_min_s, tau_max_s=tau_max_s, beta=beta, mean_counts=mean_counts, seed=seed)

@@ -105,6 +105,17 @@ def test_cli_writes_and_analyzes_a_rigaku_file(tmp_path):
     assert all(len(row.split()) == 3 and float(row.split()[1]) > 0 for row in rows), result.output
 
 
+def test_cli_writes_bitshuffle_lz4_hdf5(tmp_path):
+    app = typer.Typer()
+    app.command("xpcs")(synth_xpcs)
+    app.command("noop")(lambda: None)
+    made = CliRunner().invoke(app, ["xpcs", str(tmp_path / "r.h5"), "--format", "hdf5-bslz4", "--frames", "20", "--num-q-rings", "2",
+                                    "--height-px", "24", "--width-px", "24"])
+    assert made.exit_code == 0, made.output
+    with h5py.File(tmp_path / "r.h5", "r") as f:
+        assert "32008" in f["/entry/data/data"]._filters  # the bitshuffle filter (LZ4 inside)
+
+
 def _word(frame: int, pixel: int, count: int) -> int:
     return (frame << 40) | (pixel << 16) | count
 
