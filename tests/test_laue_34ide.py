@@ -212,3 +212,9 @@ def test_cli_synth_34ide_then_reconstruct(tmp_path):
         depths = np.sort(f["/laue/peaks"]["depth_um"])
         assert f["/laue"].attrs["input_layout"] == "34ide"
     np.testing.assert_allclose(depths, sorted(s["depth_um"] for s in truth["sources"]), atol=0.6)
+
+
+def test_the_named_geometry_wins_over_other_xml_in_the_folder(folder, tmp_path):
+    (folder / "geoN_old.xml").write_text("<geoN/>")
+    _expect([folder], tmp_path / "out", "2 geometry XML files")
+    assert _run([folder, (folder / "geoN.xml").resolve()], tmp_path / "out2")["num_peaks"] == 3

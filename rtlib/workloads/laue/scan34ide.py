@@ -182,16 +182,17 @@ def is_34ide_input(inputs: Iterable[Path]) -> bool:
 
 def split_inputs(inputs: Iterable[Path]) -> tuple[list[Path], Path]:
     """(step files in scan order, geometry XML) among the inputs; a folder stands for the step files in it."""
-    xmls, steps = [], []
+    given, in_folders, steps = [], [], []
     for p in map(Path, inputs):
         if p.suffix.lower() in XML_SUFFIXES:
-            xmls.append(p)
+            given.append(p)
         elif p.is_dir():
             steps += [q for q in p.iterdir() if q.suffix.lower() in STEP_SUFFIXES and q.is_file()]
-            xmls += [q for q in p.iterdir() if q.suffix.lower() in XML_SUFFIXES and q.is_file()]
+            in_folders += [q for q in p.iterdir() if q.suffix.lower() in XML_SUFFIXES and q.is_file()]
         elif p.suffix.lower() in STEP_SUFFIXES:
             steps.append(p)
-    xmls = list(dict.fromkeys(xmls))
+    # An XML named as an input wins over one found in the scan folder; the same file named twice is one.
+    xmls = list({p.resolve(): p for p in (given or in_folders)}.values())
     if not xmls:
         raise InputDataError("a 34-ID-E scan needs its geometry XML (geoN) among the inputs (--geometry GEO.xml)")
     if len(xmls) > 1:
