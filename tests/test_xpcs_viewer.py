@@ -77,6 +77,12 @@ def test_multitau_result_opens_in_pyxpcsviewer_and_its_fit_finds_the_true_tau(bo
     # the qmap geometry it reads gives the q it computes per pixel: the same q as ours at the ROI centres
     assert xf.qmap.qmap["q"][xf.dqmap > 0].min() == pytest.approx(min(q) * 0.5, rel=0.5)
     assert xf.get_detector_extent()[1] > 0
+    # its metadata view: the geometry and times under /entry/instrument, in 8-ID-I's places and units
+    detector = xf.get_hdf_info()["/entry/instrument"]["detector_1"]
+    assert detector["frame_time (s)"] == pytest.approx(truth["frame_time_s"])
+    assert detector["distance (m)"] == pytest.approx(truth["geometry"]["detector_distance_m"])
+    assert detector["x_pixel_size (m)"] == pytest.approx(truth["geometry"]["pixel_size_um"] * 1e-6)
+    assert xf.X_energy == pytest.approx(12.398419843320026 / truth["geometry"]["wavelength_angstrom"])
 
 
 def test_twotime_result_opens_in_pyxpcsviewer(both, speckle):

@@ -1,8 +1,9 @@
 """XPCS: multi-tau g2 and two-time correlation per q ROI, fits of τ(q), and the static results, APS layout.
 
-One run reads one detector file (``reader.select_inputs``: an HDF5 frame stack, or
-a Rigaku photon-event ``.bin`` file, ``rigaku``) ``frames_per_chunk`` frames at a time; the correlators keep only their own state (see
-``multitau`` and ``twotime``), never the frame stack. The q partitions come
+One run reads one detector file (``reader.select_inputs``: an HDF5 frame
+stack, or Rigaku photon events, ``rigaku``) ``frames_per_chunk`` frames at a
+time; the correlators keep only their own state (see ``multitau`` and
+``twotime``), never the frame stack. The q partitions come
 from a q-map file staged with the job or from the geometry (``qmap``).
 Results: ``xpcs.h5`` (layout in ``output``).
 """
@@ -111,7 +112,7 @@ def run(params: XpcsParams, inputs: list[Path], outdir: Path, progress: Progress
                           "scattering_1d_segments": (stability_segments(cumulative, counts), "counts/pixel/frame")},
         "spatial_mean": {"intensity_vs_time": np.vstack([np.arange(total) * dt_s, intensity_vs_time])},
         **qmap_sections(qmap, geometry, dyn_counts, counts),
-        **entry_sections(dt_s, dt_s),
+        **entry_sections(geometry, dt_s, dt_s),
     }
     summary: dict[str, Any] = {
         "input": path.name, "frames": int(total), "frame_time_s": dt_s, "mode": params.mode,

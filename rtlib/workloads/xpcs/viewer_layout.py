@@ -64,20 +64,24 @@ def qmap_sections(qmap: QMap, geometry: DetectorGeometry | None, dynamic_pixels:
         "dynamic_roi_labels": qmap.dynamic_labels, "static_roi_labels": qmap.static_labels,
         "dynamic_roi_pixels": dynamic_pixels, "static_roi_pixels": static_pixels,
     }
+    return {"qmap": qmap_group, "@qmap": {"hash": digest.hexdigest()}}
+
+
+def entry_sections(geometry: DetectorGeometry | None, frame_time_s: float,
+                   count_time_s: float) -> dict[str, dict[str, Any]]:
+    """``/entry``: when the run was, the geometry where 8-ID-I keeps it, and the frame and count times the viewer
+    scales delays with (rtlib reads no exposure time, so the caller passes the frame time for both)."""
+    g = geometry.values() if geometry is not None else {}
+    nan = float("nan")
+    pixel_m = g.get("pixel_size_um", nan) * 1e-6
     energy_kev = HC_KEV_ANGSTROM / g["wavelength_angstrom"] if "wavelength_angstrom" in g else nan
-    return {"qmap": qmap_group, "@qmap": {"hash": digest.hexdigest()},
+    return {"/entry": {"start_time": datetime.now(timezone.utc).isoformat(timespec="seconds")},
             "/entry/instrument/incident_beam": {"incident_energy": (energy_kev, "keV")},
-            "/entry/instrument/detector_1": {"x_pixel_size": (pixel_m, "m"), "y_pixel_size": (pixel_m, "m"),
+            "/entry/instrument/detector_1": {"frame_time": (frame_time_s, "s"), "count_time": (count_time_s, "s"),
+                                             "x_pixel_size": (pixel_m, "m"), "y_pixel_size": (pixel_m, "m"),
                                              "distance": (g.get("detector_distance_m", nan), "m"),
                                              "beam_center_x": (g.get("beam_center_x_px", nan), "pixel"),
-                                             "beam_center_y": (g.get("beam_center_y_px", nan), "pixel")}}
-
-
-def entry_sections(frame_time_s: float, count_time_s: float) -> dict[str, dict[str, Any]]:
-    """``/entry``: when the run was, and the frame and count times the viewer scales delays with (rtlib reads no
-    exposure time, so the caller passes the frame time for both)."""
-    return {"/entry": {"start_time": datetime.now(timezone.utc).isoformat(timespec="seconds")},
-            "/entry/instrument/detector_1": {"frame_time": (frame_time_s, "s"), "count_time": (count_time_s, "s")},
+                                             "beam_center_y": (g.get("beam_center_y_px", nan), "pixel")},
             "/entry/instrument/bluesky/metadata": {},
             "@/entry/instrument/bluesky/metadata": {"writer": "rtlib (APS 8-ID-I result layout)"}}
 
