@@ -11,6 +11,7 @@ import pytest
 from rtlib.synth.laue import LaueSource, random_sources, write_laue_scan
 from rtlib.workloads import get_workload
 from rtlib.workloads.laue import read_results
+from rtlib.workloads.laue.geometry import make_geometry, rotation_matrix
 from rtlib.workloads.laue.peaks import find_peaks
 
 DEPTH_RANGE = {"depth_start_um": -10.0, "depth_end_um": 60.0, "depth_step_um": 1.0}
@@ -103,3 +104,39 @@ def test_separation_parameter_merges_or_splits():
     # With a depth resolution coarser than their distance the two are one maximum.
     merged, _ = find_peaks(stack, depth, depth_resolution_bins=3.0)
     assert len(merged) == 2
+
+
+def test_pairs_in_a_geometry_unlike_the_default(tmp_path):
+    """The issue's geometry: beam along z, the wire stepped along z only, the detector 250 mm away and tilted
+    30 degrees downstream; pairs in one pixel 4 and 37 um apart (the issue's 15.5 / 52.5 um case) and spots 2 px
+    apart 22 um apart in depth."""
+    size = 64
+    tilt = np.deg2rad(30.0)
+    position = rotation_matrix([-tilt, 0.0, 0.0]) @ np.array([0.0, 250_000.0, 0.0])
+
+    def geometry(wire_z_um):
+        return make_geometry(
+            beam_origin_um=[0, 0, 0], beam_direction=[0, 0, 1], wire_axis=[1, 0, 0], wire_diameter_um=52.0,
+            wire_centres_um=[[0.0, 400.0, z] for z in wire_z_um], detector_position_um=position,
+            detector_rotation_rad=[np.pi / 2 - tilt, 0.0, 0.0], pixel_size_x_um=200.0, pixel_size_y_um=200.0,
+            height_px=size, width_px=size,
+        )
+
+    # Wire travel covering both edges over -5..65 um of depth at every detector corner.
+    probe = geometry([0.0, 1.0])
+    corners = probe.detector.pixel_positions_um()[:: size - 1, :: size - 1]
+    lead0, lead1 = (probe.edge_depth_um(corners, i, "leading") for i in (0, 1))
+    slope = float(np.median(lead1 - lead0))
+    z0 = float(np.min((-5.0 - lead0) / slope))
+    z1 = float(np.max((65.0 - probe.edge_depth_um(corners, 0, "trailing")) / slope))
+    g = geometry(np.arange(z0, z1, 1.0))
+    sources = [LaueSource(12.3, 20.0, 24.0, 4000.0), LaueSource(16.3, 20.0, 24.0, 3000.0),
+               LaueSource(15.5, 40.0, 40.0, 3500.0), LaueSource(52.5, 40.0, 40.0, 3000.0),
+               LaueSource(8.0, 44.0, 16.0, 4000.0), LaueSource(30.0, 46.0, 16.0, 3000.0)]
+    scan = tmp_path / "scan.h5"
+    write_laue_scan(scan, sources=sources, geometry=g, height_px=size, width_px=size, seed=1)
+    wl = get_workload("laue")
+    (tmp_path / "out").mkdir()
+    summary = wl.run(wl.validate({"depth_start_um": -5.0, "depth_end_um": 60.0}), [scan], tmp_path / "out", lambda f, m: None)
+    assert summary["depth_resolution_um"] == pytest.approx(1.0, abs=0.01)
+    _assert_each_found_once(read_results(tmp_path / "out" / "laue.h5")["peaks"], sources)
