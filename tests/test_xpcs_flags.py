@@ -64,14 +64,18 @@ def test_fit_flags_curves_whose_tau_the_delays_cannot_tell():
         1.0 + rng.normal(0, 0.005, delay.size),  # flat at 1: no dynamics
         expected_g2(delay, 50.0, 0.2),  # 250x slower than the last delay
         expected_g2(delay, 1e-5, 0.2) + rng.normal(0, 0.005, delay.size),  # over before the first delay
-    ]) + np.array([0, 0, 1, 1])[None] * rng.normal(0, 0.005, (delay.size, 4))
-    fits = fit_g2(delay, curves, np.tile(err[:, None], 4))
+        expected_g2(delay, 0.02, 1.6),  # more than full contrast
+        expected_g2(delay, 0.02, 1.0),  # full contrast: the limit itself is fine
+    ]) + np.array([0, 0, 1, 1, 1, 0])[None] * rng.normal(0, 0.005, (delay.size, 6))
+    fits = fit_g2(delay, curves, np.tile(err[:, None], 6))
     assert fits.flags[0] == "" and fits.ok[0]
     assert fits.values["tau_s"][0] == pytest.approx(0.02, rel=0.05)
     assert fits.flags[1] in {"no_decay", "tau_below_range", "tau_above_range"}
     assert fits.flags[2] == "tau_above_range"
     assert fits.flags[3] in {"tau_below_range", "no_decay"}
-    for k in (1, 2, 3):
+    assert fits.flags[4] == "beta_above_1" and fits.flags[5] == ""
+    assert fits.values["beta"][5] == pytest.approx(1.0, abs=1e-6)
+    for k in (1, 2, 3, 4):
         assert not fits.ok[k] and np.isnan(fits.values["tau_s"][k]) and np.isnan(fits.values["beta"][k])
         assert any(m.startswith(f"ROI {k}:") for m in fits.messages)
 

@@ -10,8 +10,8 @@ flag saying why (``FLAGS``): τ below the first delay (the decay, if any, is
 over before the first point, so β is an extrapolation: pure noise often fits
 as β in the thousands at τ ~ 1 µs), τ above the last delay (no decay within
 the record; also when g2 stays above 1 by more than its error bars at every
-delay, however the fit placed τ), β above 1 (more than full speckle
-contrast), or a decay no larger than its own error (β < 3 σ_β: g2 is flat
+delay, however the fit placed τ), β above 1 by more than three of its errors
+(or above 2: more than full speckle contrast), or a decay no larger than its own error (β < 3 σ_β: g2 is flat
 within its error bars).
 
 The g2 points of one ROI are not independent: every delay is formed from the
@@ -38,7 +38,7 @@ FLAGS = {
     "fit_failed": "the fit did not converge",
     "tau_below_range": "τ below the first delay: the data cannot tell τ or β",
     "tau_above_range": "τ above the last delay: no decay within the delay range",
-    "beta_above_1": "β above 1: more than full speckle contrast",
+    "beta_above_1": "β above 1 beyond its error: more than full speckle contrast",
     "no_decay": "no decay larger than its error (β < 3 σ_β): g2 is flat",
 }
 MAX_BETA = 1.0
@@ -150,7 +150,7 @@ def unsupported(delay_s: np.ndarray, tau_s: float, beta: float, beta_err: float)
         return "tau_below_range"
     if tau_s > delay_s[-1]:
         return "tau_above_range"
-    if beta > MAX_BETA:
+    if beta > MAX_BETA + MIN_BETA_SIGNIFICANCE * beta_err or beta > 2 * MAX_BETA:  # above 1 beyond its error
         return "beta_above_1"
     if not beta > MIN_BETA_SIGNIFICANCE * beta_err:  # also catches a NaN error
         return "no_decay"
