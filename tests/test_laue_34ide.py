@@ -218,3 +218,16 @@ def test_the_named_geometry_wins_over_other_xml_in_the_folder(folder, tmp_path):
     (folder / "geoN_old.xml").write_text("<geoN/>")
     _expect([folder], tmp_path / "out", "2 geometry XML files")
     assert _run([folder, (folder / "geoN.xml").resolve()], tmp_path / "out2")["num_peaks"] == 3
+
+
+def test_step_file_linking_outside_the_scan_is_refused(folder, tmp_path):
+    # The safe-open rule holds for every step file: an external link to a file that is not staged is refused.
+    secret = tmp_path / "secret.h5"
+    with h5py.File(secret, "w") as f:
+        f["/data"] = np.full((1, 48, 44), 7, dtype=np.uint16)
+    step = folder / "wire_scan_00033.h5"
+    with h5py.File(step, "r+") as f:
+        del f["/entry1/data/data"]
+        f["/entry1/data/data"] = h5py.ExternalLink(str(secret), "/data")
+    message = _expect([folder, folder / "geoN.xml"], tmp_path / "out", str(step))
+    assert "secret.h5" in message
