@@ -2,7 +2,8 @@
 
 One run reads one wire-scan file (``reader.select_input``; layout in
 ``rtlib.synth.laue``): its images and the geometry of beam, wire and
-detector. Consecutive images are differenced and each difference placed at
+detector; or an APS 34-ID-E scan, per-step files and the geoN geometry XML
+(``scan34ide``), first checked and copied into one such file. Consecutive images are differenced and each difference placed at
 the depth the wire edge swept (``reconstruct``), one block of detector rows
 at a time, optionally as dask tasks across the cluster the run is on; then
 peaks are found in the depth-resolved stack (``peaks``). Results:
