@@ -93,12 +93,16 @@ def synth_em(
 @train_app.command("em")
 def train_em(
     output: Path = typer.Option(None, "--output", "-o", help="weights file (default: the package's shipped weights)"),
-    volumes: int = typer.Option(6, help="synthetic training volumes"),
+    volumes: int = typer.Option(20, help="synthetic training volumes, each a new world and rendering of the family"),
+    validation_volumes: int = typer.Option(3, help="held-out volumes (other seeds) scored after training"),
     steps: int = typer.Option(600, help="optimiser steps"),
+    batch: int = typer.Option(2, help="patches per step"),
     seed: int = typer.Option(0),
-    threads: Optional[int] = typer.Option(None, help="torch CPU threads (default: torch's choice)"),
+    threads: Optional[int] = typer.Option(None, help="torch CPU threads (default: torch's choice; 1 on a shared machine)"),
+    cache_dir: Optional[Path] = typer.Option(None, help="keep the generated volumes here and reuse them next time"),
+    initial: Optional[Path] = typer.Option(None, help="start from these weights instead of from scratch"),
 ):
-    """Train the connectomics U-Net on synthetic EM volumes (a few minutes on a laptop CPU)."""
+    """Train the connectomics U-Net on synthetic EM of the whole family (neuropil and sparse, heavy augmentation)."""
     from .workloads.connectomics.train import train
     from .workloads.connectomics.unet import DEFAULT_WEIGHTS
 
@@ -106,7 +110,9 @@ def train_em(
         if step % 50 == 0 or step == steps - 1:
             console.print(f"step {step:5d}  loss {loss:.4f}", highlight=False)
 
-    result = train(output or DEFAULT_WEIGHTS, volumes=volumes, steps=steps, seed=seed, threads=threads, progress=report)
+    result = train(output or DEFAULT_WEIGHTS, volumes=volumes, steps=steps, batch=batch, seed=seed, threads=threads,
+                   validation_volumes=validation_volumes, cache_dir=cache_dir, initial_weights=initial, progress=report)
+    result.pop("losses")
     console.print_json(json.dumps(result))
 
 

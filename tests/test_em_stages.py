@@ -11,7 +11,7 @@ from rtlib.synth.em import inverse_displacement, make_world, read_ground_truth, 
 from rtlib.workloads.connectomics import io
 from rtlib.workloads.connectomics.align import AlignSettings, SectionAligner
 from rtlib.workloads.connectomics.graph import contact_graph, read_graphml, write_graphml
-from rtlib.workloads.connectomics.mask import fill_uncovered, mask_volume
+from rtlib.workloads.connectomics.mask import fill_uncovered
 from rtlib.workloads.connectomics.skeleton import cable_length_nm, read_swc, skeletonize, write_swc
 from rtlib.workloads.connectomics.stitch import fuse, stitch_section
 
@@ -197,11 +197,16 @@ def test_alignment_residual_against_the_known_drift(dataset, stacked):
     assert np.mean(residual) < 0.5, residual
 
 
-def test_mask_matches_vessel_and_tissue_edge(dataset, stacked):
+def test_mask_from_the_network_matches_vessel_and_tissue_edge(dataset, stacked):
+    """The mask is found from the data (the network's foreground on the normalised image), not from grey levels."""
+    from rtlib.workloads.connectomics.mask import MaskSettings, network_mask
+    from rtlib.workloads.connectomics.normalize import normalize_section
+    from rtlib.workloads.connectomics.unet import load_model, predict
+
     _, truth, _ = dataset
     images, covered = stacked[2], stacked[3]
-    mask = mask_volume(images, covered, margin_px=6, min_area_px=78)
-    assert mask[~covered].all()
+    image = np.stack([fill_uncovered(normalize_section(s, c), c) for s, c in zip(images, covered)])
+    mask = network_mask(predict(load_model(), image)[2], MaskSettings.from_nm(60.0, 16.0)) | ~covered
     m, t = mask[covered], truth["mask"][covered]
     iou = (m & t).sum() / (m | t).sum()
     assert iou > 0.7, iou

@@ -99,16 +99,16 @@ def draw_rendering(rng: np.random.Generator) -> Rendering:
     return Rendering(
         cytoplasm_gray=cytoplasm,
         membrane_contrast=rng.uniform(45, min(120, cytoplasm - 20)),
-        membrane_nm=rng.uniform(5, 16),
+        membrane_nm=rng.uniform(8, 20),
         mito_contrast=rng.uniform(25, 70),
         ecs_delta=rng.uniform(5, 30),
-        lumen_delta=rng.uniform(15, 45),
+        lumen_delta=rng.uniform(30, 70),  # resin and lumens are the brightest things in the section
         wall_contrast=rng.uniform(20, 60),
         nucleus_contrast=rng.uniform(10, 40),
         texture_gray=rng.uniform(2, 9),
         neuron_shade_gray=rng.uniform(0, 14),
         blur_nm=rng.uniform(2, 9),
-        photons_per_gray=float(np.exp(rng.uniform(np.log(0.4), np.log(4.0)))),
+        photons_per_gray=float(np.exp(rng.uniform(np.log(1.0), np.log(8.0)))),
         gaussian_noise_gray=rng.uniform(1, 7),
         section_contrast=rng.uniform(0, 0.15),
         section_brightness_gray=rng.uniform(0, 8),
@@ -389,14 +389,16 @@ def _vesicles(rng, labels, px):
 
 
 def _membrane_weight(labels2d: np.ndarray, thickness_px: float) -> np.ndarray:
-    """Darkness 0..1 of the membranes between labels (and around neurons), whose total width is ``thickness_px``."""
+    """Darkness 0..1 of the membranes between labels (and around neurons), whose total width is ``thickness_px``.
+
+    The membrane is centred on the pixels of one side of each interface (the one before it in y or x), so a
+    1-px membrane is one fully dark pixel, a 2-px one that pixel and half of each neighbour, and so on."""
     boundary = np.zeros(labels2d.shape, bool)
     for axis in (0, 1):
-        for shift in (1, -1):
-            other = np.roll(labels2d, shift, axis=axis)
-            boundary |= (labels2d != other) & ((labels2d > 0) | (other > 0))
+        other = np.roll(labels2d, -1, axis=axis)
+        boundary |= (labels2d != other) & ((labels2d > 0) | (other > 0))
     e = ndi.distance_transform_edt(~boundary)
-    return np.clip(thickness_px / 2 - e, 0, 1)
+    return np.clip((thickness_px + 1) / 2 - e, 0, 1)
 
 
 def render_neuropil(vol: NeuropilVolume, rendering: Rendering, *, seed=0) -> np.ndarray:

@@ -30,9 +30,10 @@ from . import io
 from .align import AlignSettings, SectionAligner
 from .params import ConnectomicsParams
 
-__all__ = ["ConnectomicsParams", "RESULT_NAME", "run", "workload"]
+__all__ = ["ConnectomicsParams", "RESULT_NAME", "UNIMAGED", "SuspectResult", "result_warnings", "run", "workload"]
 
 RESULT_NAME = "connectomics.zarr"
+UNIMAGED = "unimaged"  # (z, y, x) bool: no tile covered the pixel (part of the mask)
 _CANVAS_PAD_PX = 32  # sections are fused onto a canvas this much larger than the frame, so drifted content is kept
 
 
@@ -50,6 +51,11 @@ def run(params: ConnectomicsParams, inputs: list[Path], outdir: Path, progress: 
              "rtlib_version": rtlib.__version__, "input": root.name, "sections": len(sections),
              "canvas_origin_px": [-_CANVAS_PAD_PX, -_CANVAS_PAD_PX], "parameters": params.model_dump(mode="json")}
     io.create_result(result, shape, layout, block, _CANVAS_PAD_PX, attrs)
+    import zarr
+
+    # the pixels no tile covered, kept apart from the mask (which also holds what the network finds is no neuropil)
+    zarr.open_group(str(result), mode="r+").create_array(UNIMAGED, shape=shape, dtype=bool, fill_value=True,
+                                                         chunks=tuple(min(c, s) for c, s in zip(block, shape)))
     timings: dict[str, float] = {}
     stitch_residuals, stitch_warnings = stitch_align_mask(sections, layout, params, result, progress, timings)
 
@@ -79,6 +85,7 @@ def run(params: ConnectomicsParams, inputs: list[Path], outdir: Path, progress: 
         segment_blocks(store, grid, SegmentSettings(
             foreground_threshold=params.foreground_threshold, seed_boundary_max=params.seed_boundary_max,
             min_seed_voxels=params.min_seed_voxels, merge_threshold=params.merge_threshold,
+            seed_erosion_px=params.seed_erosion_nm / pixel_nm,
             min_voxels=max(1, int(params.min_object_volume_um3 * 1e9 / voxel_nm3))), client)
         summaries = label_summary_blocks(store, grid, io.SEGMENTATION, client)
         timings["segment_s"] = time.perf_counter() - started
@@ -100,6 +107,7 @@ def run(params: ConnectomicsParams, inputs: list[Path], outdir: Path, progress: 
     write_graphml(graph, result / io.GRAPH)
     write_ngff(result, spacing, block=block)
     mask_fraction = float(np.mean([np.asarray(store.get(io.MASK)[z]).mean() for z in range(shape[0])]))
+    unimaged_fraction = float(np.mean([np.asarray(store.get(UNIMAGED)[z]).mean() for z in range(shape[0])]))
     warnings = result_warnings(len(summaries), mask_fraction, params)
     import zarr
 
@@ -118,6 +126,7 @@ def run(params: ConnectomicsParams, inputs: list[Path], outdir: Path, progress: 
         "skeletons": len(skeletons),
         "contacts": graph.number_of_edges(),
         "masked_fraction": round(mask_fraction, 4),
+        "unimaged_fraction": round(unimaged_fraction, 4),
         "stitch_residual_px": round(float(np.max(stitch_residuals)), 4) if stitch_residuals else 0.0,
         "stitch_warnings": stitch_warnings,
         "cable_length_um": round(sum(cables.values()) / 1000, 3),
@@ -189,6 +198,7 @@ def stitch_align_mask(sections: list[Path], layout: io.Layout, params: Connectom
         group[io.MOSAIC][z] = mosaic
         group[io.IMAGE][z] = image
         group[io.MASK][z] = mask
+        group[UNIMAGED][z] = ~valid
         progress(0.45 * (z + 1) / len(sections), f"stitched, aligned and masked section {z + 1}/{len(sections)}")
     timings["stitch_s"] = stitch_s
     timings["align_s"] = align_s

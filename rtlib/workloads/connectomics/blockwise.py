@@ -30,6 +30,7 @@ from typing import Any, Callable
 
 import numpy as np
 
+from .unet import CHANNELS
 from .segment import SegmentSettings, face_pairs, foreground, grow, label_stats, seed_cores, union_find_components
 
 # U-Net receptive field radius: 8 sections in z, 22 px in-plane (rounded up to the pooling, 4 px)
@@ -190,8 +191,8 @@ def _predict_block(store, grid: BlockGrid, core: Slices, weights: str, factor: i
     outer, inner = grid.outer(core, predict_halo(factor))
     prob = predict_array(_cached_model(weights), store.read("image", outer), factor)
     quantized = quantize(prob[(slice(None), *inner)])
-    store.write("boundary", core, quantized[0])
-    store.write("foreground", core, quantized[1])
+    for channel, name in enumerate(CHANNELS):
+        store.write(name, core, quantized[channel])
 
 
 def quantize(prob: np.ndarray) -> np.ndarray:
@@ -200,12 +201,12 @@ def quantize(prob: np.ndarray) -> np.ndarray:
 
 
 def predict_blocks(arrays, grid: BlockGrid, weights: str | None = None, client=None, factor: int = 1) -> None:
-    """``boundary`` and ``foreground`` (uint8 probabilities x 255) from ``image``, block by block; the network
+    """``boundary``, ``foreground`` and ``nontarget`` (uint8 probabilities x 255) from ``image``, block by block; the network
     reads the image ``factor`` times coarser in-plane (``unet.scale_factor``)."""
     store = _store(arrays)
     _check_client(store, client)
     grid.check_predictable(factor)
-    for name in ("boundary", "foreground"):
+    for name in CHANNELS:
         store.create(name, grid.shape, np.uint8, grid.block)
     run_blocks(_predict_block, [(store, grid, core, str(weights or ""), factor) for _, core in grid.cores()], client)
 
@@ -217,12 +218,12 @@ def _mask_block(store, grid: BlockGrid, core: Slices, settings) -> None:
     from .mask import network_mask
 
     outer, inner = grid.outer(core, (0, settings.reach_px, settings.reach_px))
-    found = network_mask(store.read("foreground", outer), settings)[inner]
+    found = network_mask(store.read("nontarget", outer), settings)[inner]
     store.write("mask", core, store.read("mask", core).astype(bool) | found)
 
 
 def mask_blocks(arrays, grid: BlockGrid, settings, client=None) -> None:
-    """``mask`` |= what the network's foreground says is no neuropil (``mask.network_mask``), block by block."""
+    """``mask`` |= what the network finds is no neuropil (``mask.network_mask`` of ``nontarget``), block by block."""
     store = _store(arrays)
     _check_client(store, client)
     run_blocks(_mask_block, [(store, grid, core, settings) for _, core in grid.cores()], client)
@@ -232,8 +233,10 @@ def mask_blocks(arrays, grid: BlockGrid, settings, client=None) -> None:
 
 
 def _seed_block(store, grid: BlockGrid, index: int, core: Slices, settings: SegmentSettings):
-    mask = store.read("mask", core) if _has(store, "mask") else None
-    provisional = seed_cores(store.read("boundary", core), store.read("foreground", core), mask, settings)
+    halo = settings.seed_halo_px
+    outer, inner = grid.outer(core, (0, halo, halo))
+    mask = store.read("mask", outer) if _has(store, "mask") else None
+    provisional = seed_cores(store.read("boundary", outer), store.read("foreground", outer), mask, settings, inner)
     # globally unique provisional ids: the block's index in the high 32 bits
     ids = provisional.astype(np.uint64)
     ids[provisional > 0] += np.uint64(index + 1) << np.uint64(32)
@@ -336,15 +339,32 @@ def _grow_block(store, grid: BlockGrid, core: Slices, seed_map: dict[int, int], 
 
 
 def _interfaces_block(store, core: Slices):
-    """(pairs, face counts, boundary sums) over the faces this block owns."""
+    """(pairs, face counts, boundary sums) over the faces this block owns, per axis, and then
+    (labels, surface face counts): every face a segment shares with another label or background."""
     out = []
+    surface_ids, surface_counts = [], []
     for axis in range(3):
         where = lower_extended(core, axis)
-        out.append(face_pairs(store.read("segments", where), axis, store.read("boundary", where)))
+        segments = store.read("segments", where)
+        out.append(face_pairs(segments, axis, store.read("boundary", where)))
+        moved = np.moveaxis(segments, axis, 0)
+        a, b = moved[:-1].ravel(), moved[1:].ravel()
+        differ = a != b
+        sides = np.concatenate([a[differ], b[differ]])
+        sides = sides[sides > 0]
+        ids, counts = np.unique(sides, return_counts=True)
+        surface_ids.append(ids.astype(np.uint64))
+        surface_counts.append(counts.astype(np.int64))
+    out.append((np.concatenate(surface_ids), np.concatenate(surface_counts)))
     return out
 
 
-def _merge_edges(results: list, threshold: float) -> np.ndarray:
+def _merge_edges(results: list, threshold: float, enclosed_share: float = 1.1) -> np.ndarray:
+    """Pairs to merge: their interface is not membrane (mean boundary below ``threshold``), or one of them is
+    enclosed by the other (shares at least ``enclosed_share`` of its whole surface with it: a mitochondrion or
+    other organelle the network outlined, never a neuron, which meets several neighbours or background)."""
+    surfaces = [block[3] for block in results]
+    results = [block[:3] for block in results]
     rows = [p for block in results for p in block if len(p[0])]
     if not rows:
         return np.zeros((0, 2), np.uint64)
@@ -355,7 +375,14 @@ def _merge_edges(results: list, threshold: float) -> np.ndarray:
     inverse = inverse.ravel()
     total = np.bincount(inverse, weights=sums, minlength=len(unique))
     n = np.bincount(inverse, weights=counts, minlength=len(unique))
-    return unique[total / n < threshold]
+    merge = total / n < threshold
+    if enclosed_share <= 1.0:
+        ids = np.concatenate([s[0] for s in surfaces])
+        surface_ids, where = np.unique(ids, return_inverse=True)
+        surface = np.bincount(where.ravel(), weights=np.concatenate([s[1] for s in surfaces]), minlength=len(surface_ids))
+        of = lambda labels: surface[np.searchsorted(surface_ids, labels)]  # noqa: E731
+        merge |= n >= enclosed_share * np.minimum(of(unique[:, 0]), of(unique[:, 1]))
+    return unique[merge]
 
 
 def _object_stats_block(store, grid: BlockGrid, core: Slices):
@@ -383,7 +410,7 @@ def segment_blocks(arrays, grid: BlockGrid, settings: SegmentSettings | None = N
     store.create("segments", grid.shape, np.uint32, grid.block)
     run_blocks(_grow_block, [(store, grid, core, seed_map, settings) for _, core in cores], client)
     interfaces = run_blocks(_interfaces_block, [(store, core) for _, core in cores], client)
-    merges = _merge_edges(interfaces, settings.merge_threshold)
+    merges = _merge_edges(interfaces, settings.merge_threshold, settings.enclosed_share)
     object_stats = run_blocks(_object_stats_block, [(store, grid, core) for _, core in cores], client)
     final_map = _canonical_mapping(object_stats, settings.min_voxels, merges)
 

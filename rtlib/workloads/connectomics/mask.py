@@ -2,13 +2,14 @@
 
 Nothing here compares a grey level with a fixed number. A section's mask
 starts as the pixels no tile covered (known from stitching). The rest
-comes from the U-Net's neuron-foreground probability, which was trained on
-a family of renderings to be low on vessel lumens and walls, cell bodies
-(somata with their nuclei), resin beyond the tissue's edge, and on the thin
-extracellular space between neurites. Smoothed in-plane over
-``smoothing_nm`` (a Gaussian), thin extracellular space and membranes stay
-well above ``threshold`` while regions wider than about twice
-``smoothing_nm`` fall below it: those are masked. The rule reads a
+comes from the U-Net's third output, ``nontarget``: the probability of
+a vessel (lumen and wall), a cell body (soma with its nucleus) or resin
+beyond the tissue's edge, trained on a family of renderings of both
+synthetic styles (so the texture between sparse neurites is not masked,
+and neither is the thin extracellular space of neuropil). Smoothed
+in-plane over ``smoothing_nm`` (a Gaussian), isolated false pixels stay
+below ``threshold`` while regions wider than about twice ``smoothing_nm``
+rise above it: those are masked. The rule reads a
 bounded neighbourhood, so block-wise masking with a halo of ``reach_px``
 gives the same mask as the whole volume. True means: excluded.
 """
@@ -24,7 +25,7 @@ from scipy import ndimage as ndi
 @dataclass(frozen=True)
 class MaskSettings:
     smoothing_px: float = 6.0  # Gaussian sigma in-plane, px (the workload sets it from smoothing_nm)
-    threshold: float = 0.35  # smoothed foreground probability below this: not neuropil
+    threshold: float = 0.5  # smoothed non-target probability above this: masked
     truncate: float = 3.0  # the Gaussian's reach in sigmas
 
     @property
@@ -32,19 +33,19 @@ class MaskSettings:
         return int(np.ceil(self.truncate * self.smoothing_px)) + 1
 
     @classmethod
-    def from_nm(cls, smoothing_nm: float, pixel_size_nm: float, threshold: float = 0.35) -> "MaskSettings":
+    def from_nm(cls, smoothing_nm: float, pixel_size_nm: float, threshold: float = 0.5) -> "MaskSettings":
         return cls(smoothing_px=max(1.0, smoothing_nm / pixel_size_nm), threshold=threshold)
 
 
-def network_mask(foreground: np.ndarray, settings: MaskSettings | None = None) -> np.ndarray:
-    """Bool (z, y, x): where the in-plane smoothed foreground probability (float or uint8 x 255) is low."""
+def network_mask(nontarget: np.ndarray, settings: MaskSettings | None = None) -> np.ndarray:
+    """Bool (z, y, x): where the in-plane smoothed non-target probability (float or uint8 x 255) is high."""
     from .segment import as_probability
 
     settings = settings or MaskSettings()
-    prob = as_probability(foreground)
+    prob = as_probability(nontarget)
     smooth = ndi.gaussian_filter(prob, (0, settings.smoothing_px, settings.smoothing_px), mode="nearest",
                                  truncate=settings.truncate)
-    return smooth < np.float32(settings.threshold)
+    return smooth > np.float32(settings.threshold)
 
 
 def fill_uncovered(section: np.ndarray, covered: np.ndarray) -> np.ndarray:

@@ -7,7 +7,9 @@ very same result as on the whole volume):
 1. *Foreground*: neuron-interior probability >= ``foreground_threshold``,
    outside the mask.
 2. *Seeds*: confident interior away from membranes (boundary probability
-   <= ``seed_boundary_max``), cut into 4-connected pieces per section
+   <= ``seed_boundary_max``), eroded in-plane by ``seed_erosion_px`` (so
+   that a gap of a few pixels in a membrane does not join two neurons'
+   interiors), cut into 4-connected pieces per section
    (cc3d); pieces of adjacent sections join when they overlap by at least
    ``seed_link_overlap`` of the smaller one. Sections show membranes only
    in-plane: a neurite passing over another in z touches it interior to
@@ -22,7 +24,10 @@ very same result as on the whole volume):
    seeds already join the sections of a neurite.
 4. *Agglomeration*: neighbouring segments whose shared faces are mostly
    not membrane (mean boundary probability below ``merge_threshold``)
-   are merged (union-find), repairing neurons split at a mitochondrion.
+   are merged (union-find), repairing neurons split at a mitochondrion;
+   so are a segment and the one that encloses it (``enclosed_share`` of its
+   surface or more against it: an organelle outlined by the network, never
+   a neuron, which meets several neighbours or the background).
 5. Objects smaller than ``min_voxels`` are dropped; the rest are numbered
    1..N in the order of their first voxel in the volume (C order).
 
@@ -52,6 +57,12 @@ class SegmentSettings:
     growth_steps_px: int = 4  # growth steps per level (pixels)
     merge_threshold: float = 0.35  # merge two segments when their interface's mean boundary probability is below
     min_voxels: int = 300
+    seed_erosion_px: float = 0.0  # seed cores shrink in-plane by this (breaks bridges through gaps in a membrane)
+    enclosed_share: float = 0.6  # a segment sharing this much of its surface with one other is part of it (> 1: never)
+
+    @property
+    def seed_halo_px(self) -> int:
+        return int(np.ceil(self.seed_erosion_px)) + 1 if self.seed_erosion_px > 0 else 0
 
     @property
     def reach_px(self) -> int:
@@ -73,10 +84,27 @@ def foreground(foreground_prob: np.ndarray, mask: np.ndarray | None, settings: S
     return fg
 
 
-def seed_cores(boundary_prob: np.ndarray, foreground_prob: np.ndarray, mask: np.ndarray | None,
-               settings: SegmentSettings) -> np.ndarray:
-    """Provisional in-plane seed pieces (uint32, 4-connected per section) of one block; numbered from 1 in the block."""
+def seed_mask(boundary_prob: np.ndarray, foreground_prob: np.ndarray, mask: np.ndarray | None,
+              settings: SegmentSettings) -> np.ndarray:
+    """Bool: confident interior away from membranes, eroded in-plane by ``seed_erosion_px`` (reads that far around)."""
     cores = foreground(foreground_prob, mask, settings) & (as_probability(boundary_prob) <= settings.seed_boundary_max)
+    if settings.seed_erosion_px > 0:
+        # a membrane the network drew with a gap of a few pixels leaves a narrow bridge between two neurons'
+        # interiors: eroded, the bridge is gone, while each interior keeps its core
+        for z in range(cores.shape[0]):
+            if cores[z].any():
+                cores[z] = ndi.distance_transform_edt(cores[z]) > settings.seed_erosion_px
+    return cores
+
+
+def seed_cores(boundary_prob: np.ndarray, foreground_prob: np.ndarray, mask: np.ndarray | None,
+               settings: SegmentSettings, inner: tuple[slice, ...] | None = None) -> np.ndarray:
+    """Provisional in-plane seed pieces (uint32, 4-connected per section) of one block; numbered from 1 in the block.
+
+    The inputs may hold a halo of ``settings.seed_halo_px`` around the block, whose place in them is ``inner``."""
+    cores = seed_mask(boundary_prob, foreground_prob, mask, settings)
+    if inner is not None:
+        cores = cores[inner]
     out = np.zeros(cores.shape, dtype=np.uint32)
     offset = 0
     for z in range(cores.shape[0]):

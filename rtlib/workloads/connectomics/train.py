@@ -12,8 +12,9 @@ so the network sees what the workload gives it. Patches are then
 augmented heavily, on the fly: contrast, brightness and gamma, extra
 noise and blur, an elastic warp, flips and rotations, and missing or
 washed-out sections. Targets: a 2-px band on every interface between two
-labels (``boundary``) and the neurons' voxels (``foreground``; not
-vessel, soma, resin or extracellular space).
+labels (``boundary``), the neurons' voxels (``foreground``; not
+vessel, soma, resin or extracellular space) and the non-target objects
+(``nontarget``: vessel, soma, resin; what the mask is made from).
 
 Validation is on held-out seeds (a disjoint seed range, so other worlds
 and other renderings): the loss and the boundary/foreground F1 scores are
@@ -41,7 +42,8 @@ VALIDATION_SEED_OFFSET = 100_000  # validation volumes use seeds from here: neve
 
 def training_volume(seed: int, shape=(16, 128, 128), style: str | None = None,
                     pixel_size_nm: float | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """(normalised image uint8, targets (2, z, y, x) float32) of one synthetic volume at the working scale.
+    """(normalised image uint8, targets (3, z, y, x) float32: boundary, foreground, non-target) of one synthetic
+    volume at the working scale.
 
     ``style`` None draws neuropil (3 in 4) or sparse; ``pixel_size_nm`` None draws 6-16 nm for neuropil."""
     rng = np.random.default_rng(seed + 1000)
@@ -60,7 +62,7 @@ def training_volume(seed: int, shape=(16, 128, 128), style: str | None = None,
     image = ndi.gaussian_filter(image, (0, *(2 * [rng.uniform(0.0, 0.6)])))
     image = np.stack([normalize_section(np.clip(s, 0, 255)) for s in image])
     labels = vol.frame(vol.labels)
-    targets = np.stack([boundary_target(labels), labels > 0]).astype(np.float32)
+    targets = np.stack([boundary_target(labels), labels > 0, vol.truth_mask]).astype(np.float32)
     return image, targets
 
 
@@ -117,12 +119,12 @@ def validate(model, data, patch) -> dict:
     from .unet import predict_array
 
     model.eval()
-    tp = np.zeros(2)
-    fp = np.zeros(2)
-    fn = np.zeros(2)
+    tp = np.zeros(len(CHANNELS))
+    fp = np.zeros(len(CHANNELS))
+    fn = np.zeros(len(CHANNELS))
     for image, target in data:
         prob = predict_array(model, image)
-        for c in range(2):
+        for c in range(len(CHANNELS)):
             p, t = prob[c] >= 0.5, target[c] > 0
             tp[c] += (p & t).sum()
             fp[c] += (p & ~t).sum()
@@ -135,7 +137,7 @@ def validate(model, data, patch) -> dict:
 def train(output: Path = DEFAULT_WEIGHTS, *, volumes: int = 24, steps: int = 2000, patch=(8, 64, 64), batch: int = 4,
           learning_rate: float = 3e-3, seed: int = 0, threads: int | None = None, volume_shape=(16, 128, 128),
           validation_volumes: int = 3, styles: tuple[str, ...] | None = None, cache_dir: Path | None = None,
-          progress: Callable[[int, float], None] | None = None) -> dict:
+          initial_weights: Path | None = None, progress: Callable[[int, float], None] | None = None) -> dict:
     """Train from scratch and save the weights to ``output``; returns the loss summary, validation and timing.
 
     ``patch`` (sections, px, px) is cut at random from ``volumes`` synthetic volumes of ``volume_shape`` (seeds
@@ -171,10 +173,19 @@ def train(output: Path = DEFAULT_WEIGHTS, *, volumes: int = 24, steps: int = 200
     held_out = [volume(VALIDATION_SEED_OFFSET + seed + i, style_of(i)) for i in range(validation_volumes)]
     generate_s = time.perf_counter() - started
     model = build_unet()
+    if initial_weights is not None:  # go on from earlier weights (a longer schedule in several bounded runs)
+        state = torch.load(Path(initial_weights), map_location="cpu", weights_only=True)
+        own = model.state_dict()
+        for key, value in state.items():  # weights of a net with fewer output channels fill the channels they have
+            if key in own and own[key].shape != value.shape and own[key].shape[1:] == value.shape[1:]:
+                own[key][: len(value)] = value
+            elif key in own:
+                own[key] = value
+        model.load_state_dict(own)
     optimiser = torch.optim.AdamW(model.parameters(), lr=learning_rate, weight_decay=1e-4)
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimiser, max_lr=learning_rate, total_steps=steps)
     # boundaries are a fifth of the voxels in dense neuropil, fewer in sparse: weight them up
-    pos_weight = torch.tensor([2.0, 1.0]).view(1, 2, 1, 1, 1)
+    pos_weight = torch.tensor([2.0, 1.0, 1.0]).view(1, len(CHANNELS), 1, 1, 1)
     loss_fn = torch.nn.BCEWithLogitsLoss(pos_weight=pos_weight)
     losses = []
     started = time.perf_counter()

@@ -14,7 +14,7 @@ from __future__ import annotations
 from pathlib import Path
 import numpy as np
 
-CHANNELS = ("boundary", "foreground")
+CHANNELS = ("boundary", "foreground", "nontarget")
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
 DEFAULT_WEIGHTS = WEIGHTS_DIR / "unet_em.pt"
 _FEATURES = (8, 16, 32)
