@@ -26,7 +26,7 @@ class ConnectomicsParams(BaseModel):
     seed_boundary_max: float = Field(0.2, gt=0, lt=1, description="seeds are interior with membrane probability below this")
     seed_erosion_nm: float = Field(0.0, ge=0, description="seed cores shrink in-plane by this, so a gap in a membrane joins no neurons, nm")
     merge_threshold: float = Field(0.35, ge=0, le=1, description="merge segments whose interface's mean membrane probability is below this")
-    min_object_volume_um3: float = Field(0.001, ge=0, description="neurons smaller than this are dropped, um^3")
+    min_object_volume_um3: float = Field(0.002, ge=0, description="neurons smaller than this are dropped, um^3")
     teasar_scale: float = Field(2.0, gt=0, description="kimimaro TEASAR scale (dimensionless)")
     teasar_const_nm: float = Field(300.0, ge=0, description="kimimaro TEASAR const, nm")
     min_contact_area_nm2: float = Field(10000.0, ge=0, description="smaller contacts are not graph edges, nm^2")
