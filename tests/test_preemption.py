@@ -20,28 +20,36 @@ PARTIAL = "partial.txt"
 
 
 def _kill_worker_running(compute: LocalDaskBackend, scratch: Path, stop: threading.Event, kills: list[int], partials: list[Path],
-                         max_kills: int) -> None:  # fmt: skip
-    """Kill (SIGKILL) the worker process that runs an rtlib task once it wrote its partial file, up to max_kills times."""
+                         max_kills: int, min_tasks: int = 1) -> None:  # fmt: skip
+    """Kill (SIGKILL) the worker process that runs an rtlib task once it wrote its partial file, up to max_kills times.
+
+    With min_tasks=2 it waits until that worker also holds a second (queued) task: on a loaded machine the agent
+    may hand out the second job only after the first has finished, and the test needs both on the worker."""
     while not stop.is_set() and len(kills) < max_kills:
         processing = compute.client.processing()
         busy = {addr: [str(k) for k in keys if str(k).startswith("rtlib-job-")] for addr, keys in processing.items()}
-        busy = {a: keys for a, keys in busy.items() if keys}
+        busy = {a: keys for a, keys in busy.items() if len(keys) >= min_tasks}
         if busy:
-            addr, (key, *_) = next(iter(busy.items()))
-            _, job_id, attempt, token = key.rsplit("-", 3)
-            partial = scratch / f"jobs/{int(job_id):08d}/attempt-{attempt}-{token}" / PARTIAL
+            addr, keys = next(iter(busy.items()))
             deadline = time.monotonic() + 20
-            while not partial.exists() and time.monotonic() < deadline:
+            running = []
+            while not running and time.monotonic() < deadline:
+                running = [p for p in (_partial_of(scratch, k) for k in keys) if p.exists()]
                 time.sleep(0.05)
-            if not partial.exists():
+            if not running:
                 continue
-            partials.append(partial)
+            partials.append(running[0])
             pids = compute.client.run(os.getpid, workers=[addr])
             for pid in pids.values():
                 os.kill(pid, signal.SIGKILL)
                 kills.append(pid)
             time.sleep(1.0)  # the nanny restarts the worker
         time.sleep(0.05)
+
+
+def _partial_of(scratch: Path, key: str) -> Path:
+    _, job_id, attempt, token = key.rsplit("-", 3)
+    return scratch / f"jobs/{int(job_id):08d}/attempt-{attempt}-{token}" / PARTIAL
 
 
 def _run_with_killer(tmp_path, max_attempts: int, max_kills: int):
@@ -184,7 +192,7 @@ def test_an_attempt_lost_before_it_started_is_not_charged(tmp_path):
                for ep, rel in produce(settings, 2)]
         stop, kills, partials = threading.Event(), [], []
         scratch = Path(settings.endpoints[settings.sites["local"].scratch_endpoint].root)
-        killer = threading.Thread(target=_kill_worker_running, args=(rt.compute, scratch, stop, kills, partials, 1), daemon=True)
+        killer = threading.Thread(target=_kill_worker_running, args=(rt.compute, scratch, stop, kills, partials, 1, 2), daemon=True)
         killer.start()
         rt.agent("local").run(until_idle=True, max_seconds=120)
         stop.set()
