@@ -16,6 +16,7 @@ import re
 import subprocess
 import sys
 import zlib
+import time
 from pathlib import Path
 
 import h5py
@@ -301,3 +302,32 @@ def test_laue_reads_row_blocks_within_the_memory_budget(tmp_path, monkeypatch):
     capped = _run("laue", [path], tmp_path / "capped")
     assert blocks == [3] * (height // 3) + ([height % 3] if height % 3 else [])
     assert capped["peaks"] == whole["peaks"] and capped["num_peaks"] == whole["num_peaks"]
+
+
+def test_a_photon_event_file_claiming_millions_of_empty_frames_is_refused_fast(tmp_path):
+    """A Rigaku .bin states its frame count in its last word: two words claiming 2^24 frames would have the run
+    correlate 16.7 M empty 512 x 1024 frames (hours of work from 16 bytes). Run in a child process, so that
+    code without the check fails by the timeout instead of hanging the suite."""
+    path = tmp_path / "claims.bin"
+    np.array([(0 << 40) | (5 << 16) | 1, ((2**24 - 1) << 40) | (5 << 16) | 1], dtype="<u8").tofile(path)
+    params = {"frame_time_s": 0.001, "pixel_size_um": 75.0, "detector_distance_m": 5.0, "wavelength_angstrom": 1.0,
+              "beam_center_x_px": 512.0, "beam_center_y_px": 256.0}
+    code = (
+        "import json, sys; from pathlib import Path; from rtlib.workloads import get_workload\n"
+        "wl = get_workload('xpcs'); p = json.loads(sys.argv[3])\n"
+        "try:\n"
+        "    wl.run(wl.validate(p), [Path(sys.argv[1])], Path(sys.argv[2]), lambda f, m='': None)\n"
+        "except Exception as err:\n"
+        "    print(type(err).__name__, err)\n"
+        "else:\n"
+        "    print('DONE')\n"
+    )
+    started = time.perf_counter()
+    try:
+        done = subprocess.run([sys.executable, "-c", code, str(path), str(tmp_path / "out"), json.dumps(params)],
+                              capture_output=True, text=True, timeout=30)
+    except subprocess.TimeoutExpired:
+        pytest.fail("a 16-byte event file kept the run busy for 30 s")
+    assert re.search(r"InputDataError .*last event is in frame 16777215, but the file holds only 2 events", done.stdout), done
+    assert time.perf_counter() - started < 30
+    assert not any((tmp_path / "out").rglob("*.h5"))

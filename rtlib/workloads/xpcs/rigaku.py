@@ -35,6 +35,10 @@ MODULE_GAP = (70, 52)
 SHAPE_3M = (3 * SHAPE[0] + 2 * MODULE_GAP[0], 2 * SHAPE[1] + MODULE_GAP[1])
 WORD = np.dtype("<u8")
 BLOCK_WORDS = 1 << 20
+# A record claims its frame count in its last word. A real one, even at 1e-5 photons per pixel and frame, has ~5
+# events per frame on a module; one event per this many frames is a damaged or crafted file that would make the
+# run correlate millions of empty 512 x 1024 frames.
+MAX_FRAMES_PER_EVENT = 1000
 SIX_MODULE_SUFFIXES = tuple(f".bin.{i:03d}" for i in range(6))
 
 
@@ -66,6 +70,11 @@ class RigakuFrames:
                                  "is truncated or not a Rigaku .bin file")
         self.words = np.memmap(path, dtype=WORD, mode="r")
         last_frame = int(decode(self.words[-1:])[0][0])
+        if last_frame + 1 > MAX_FRAMES_PER_EVENT * len(self.words):
+            raise InputDataError(
+                f"{path}: its last event is in frame {last_frame}, but the file holds only {len(self.words)} events "
+                f"(fewer than one per {MAX_FRAMES_PER_EVENT} frames): the record is damaged or crafted; check the file "
+                "against the detector's own record of the series")
         self.shape = (last_frame + 1, *SHAPE)
 
     def chunks(self, frames_per_chunk: int) -> Iterator[tuple[int, int, np.ndarray]]:
