@@ -221,16 +221,21 @@ def write_rigaku_file(dense_path: str | Path, bin_path: str | Path, qmap_path: s
     if not last.any():
         raise ValueError("the last frame has no photon: a Rigaku file would end a frame early")
     if qmap_path is not None and rigaku_qmap_path is not None:
-        with h5py.File(qmap_path, "r") as src, h5py.File(rigaku_qmap_path, "w") as dst:
-            for name, obj in src["data"].items():
-                value = obj[()]
-                if name in ("dynamicMap", "staticMap", "mask"):
-                    padded = np.zeros(RIGAKU_SHAPE, dtype=value.dtype)
-                    padded[:height, :width] = value
-                    value = padded
-                dst[f"data/{name}"] = value
+        _place_qmap(qmap_path, rigaku_qmap_path, RIGAKU_SHAPE, 0, 0)
     return {"path": str(bin_path), "frames": frames, "shape": [frames, rows, cols], "events": events,
             "photons_per_pixel_per_frame": events / (frames * rows * cols), "patch": [height, width]}
+
+
+def _place_qmap(qmap_path: str | Path, out_path: str | Path, shape: tuple[int, int], row: int, col: int) -> None:
+    """``qmap_path``'s maps written to ``out_path`` inside a zero frame of ``shape``, their corner at (row, col)."""
+    with h5py.File(qmap_path, "r") as src, h5py.File(out_path, "w") as dst:
+        for name, obj in src["data"].items():
+            value = obj[()]
+            if name in ("dynamicMap", "staticMap", "mask"):
+                placed = np.zeros(shape, dtype=value.dtype)
+                placed[row:row + value.shape[0], col:col + value.shape[1]] = value
+                value = placed
+            dst[f"data/{name}"] = value
 
 
 def _rigaku_words(frame: np.ndarray, pixel: np.ndarray, count: np.ndarray) -> np.ndarray:
@@ -260,14 +265,7 @@ def write_rigaku3m_files(dense_path: str | Path, stem: str | Path, position: int
     row = position // 2 * (512 + RIGAKU3M_GAP[0])
     col = position % 2 * (1024 + RIGAKU3M_GAP[1])
     if qmap_path is not None and rigaku_qmap_path is not None:
-        with h5py.File(qmap_path, "r") as src, h5py.File(rigaku_qmap_path, "w") as dst:
-            for name, obj in src["data"].items():
-                value = obj[()]
-                if name in ("dynamicMap", "staticMap", "mask"):
-                    placed = np.zeros(RIGAKU3M_SHAPE, dtype=value.dtype)
-                    placed[row:row + height, col:col + width] = value
-                    value = placed
-                dst[f"data/{name}"] = value
+        _place_qmap(qmap_path, rigaku_qmap_path, RIGAKU3M_SHAPE, row, col)
     return {"stem": str(stem), "frames": frames, "shape": [frames, *RIGAKU3M_SHAPE], "position": position,
             "file_number": file_number, "patch_origin": [row, col], "patch": [height, width]}
 
